@@ -1,0 +1,59 @@
+"""res2net: hierarchical multi-scale 3x3 (Res2Net, Gao et al. 2021).
+
+The mid width splits into s scales of w channels; each of the first s-1 gets its own 3x3 (K groups) + BN + ReLU
+after adding the previous scale's output; the last scale passes through. In a block that changes shape there is
+no adding, every 3x3 is strided, and the last scale goes through a 3x3 avgpool. The loop is over scales, which
+depend on each other; there is none over K.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import register_block
+from .layers import conv_bn, conv_bn_cost
+from .residual import MixerBlockType
+
+
+class Res2NetConv(nn.Module):
+    def __init__(self, channels: int, stride: int, scales: int, cardinality: int, reshapes: bool):
+        super().__init__()
+        self.width = channels // scales
+        self.reshapes = reshapes
+        self.convs = nn.ModuleList(conv_bn(self.width, self.width, 3, stride, cardinality) for _ in range(scales - 1))
+        self.pool = nn.AvgPool2d(3, stride, padding=1) if reshapes else nn.Identity()
+
+    def forward(self, x):
+        parts = torch.split(x, self.width, dim=1)
+        outs = []
+        sp = parts[0]
+        for i, conv in enumerate(self.convs):
+            sp = conv(parts[i] if i == 0 or self.reshapes else sp + parts[i])
+            outs.append(sp)
+        outs.append(self.pool(parts[-1]))
+        return torch.cat(outs, 1)
+
+
+@register_block
+class Res2Net(MixerBlockType):
+    name = "res2net"
+    uses = ("bottleneck_ratio", "cardinality", "scales", "attention", "se_ratio")  # always a bottleneck
+    supports_basic = False
+
+    def mixer(self, ci, co, stride, spec, reshapes):
+        return Res2NetConv(co, stride, spec.scales, spec.cardinality, reshapes)
+
+    def mixer_cost(self, c, ci, co, stride, spec, reshapes, h, w):
+        width = co // spec.scales
+        ho, wo = h, w
+        for _ in range(spec.scales - 1):
+            ho, wo = conv_bn_cost(c, width, width, 3, h, w, stride, spec.cardinality)
+        return ho, wo
+
+    def mixer_check(self, ci, co, spec):
+        if co % spec.scales:
+            return "scales", f"{spec.scales} does not divide the mid width {co}"
+        if (co // spec.scales) % spec.cardinality:
+            return "cardinality", f"{spec.cardinality} does not divide the scale width {co // spec.scales}"
+        return None

@@ -1,0 +1,75 @@
+"""split_attention: split-attention conv (ResNeSt, Zhang et al. 2020), radix-major, without loops over R or K.
+
+One 3x3 conv from ci to co*R with K*R groups + BN + ReLU gives R splits (radix-major channels); their sum is
+pooled, squeezed by a K-group 1x1 (bias) to a = make_divisible(co*R/4, 8, min 32) + BN + ReLU, expanded by a K-group
+1x1 (bias) to co*R, softmaxed over R inside each cardinal group (sigmoid when R = 1), and the splits are summed
+with those weights. With ``avd`` the stride moves to a 3x3 avgpool after the attention (ResNeSt-D).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import register_block
+from .layers import conv, conv_bn, conv_bn_cost, make_divisible, pool_out
+from .residual import MixerBlockType
+
+
+def splat_attn_channels(co: int, radix: int) -> int:
+    return make_divisible(co * radix / 4, 8, min_value=32)
+
+
+class SplitAttention(nn.Module):
+    def __init__(self, ci: int, co: int, stride: int, radix: int, cardinality: int, avd: bool):
+        super().__init__()
+        self.radix, self.cardinality = radix, cardinality
+        conv_stride = 1 if avd else stride
+        self.conv = conv_bn(ci, co * radix, 3, conv_stride, groups=cardinality * radix)
+        a = splat_attn_channels(co, radix)
+        self.fc1 = nn.Sequential(conv(co, a, 1, groups=cardinality, bias=True), nn.BatchNorm2d(a), nn.ReLU(inplace=True))
+        self.fc2 = conv(a, co * radix, 1, groups=cardinality, bias=True)
+        self.pool = nn.AvgPool2d(3, stride, padding=1) if avd and stride > 1 else nn.Identity()
+
+    def forward(self, x):
+        x = self.conv(x)
+        b, rc, h, w = x.shape
+        r, k = self.radix, self.cardinality
+        splits = x.view(b, r, rc // r, h, w)              # radix-major channels
+        logits = self.fc2(self.fc1(splits.sum(1).mean((2, 3), keepdim=True)))
+        if r > 1:
+            # fc2's channels are cardinal-major (K, R, C/K): softmax over R, then lay out radix-major.
+            attn = torch.softmax(logits.view(b, k, r, -1), dim=2).transpose(1, 2).reshape(b, r, rc // r, 1, 1)
+        else:
+            attn = logits.sigmoid().view(b, r, rc // r, 1, 1)
+        return self.pool((splits * attn).sum(1))
+
+
+@register_block
+class SplitAttn(MixerBlockType):
+    name = "split_attention"
+    uses = MixerBlockType.uses + ("cardinality", "radix", "avd")
+
+    def mixer(self, ci, co, stride, spec, reshapes):
+        return SplitAttention(ci, co, stride, spec.radix, spec.cardinality, spec.avd)
+
+    def mixer_cost(self, c, ci, co, stride, spec, reshapes, h, w):
+        r, k = spec.radix, spec.cardinality
+        ho, wo = conv_bn_cost(c, ci, co * r, 3, h, w, 1 if spec.avd else stride, groups=k * r)
+        a = splat_attn_channels(co, r)
+        c.conv(co, a, 1, 1, 1, groups=k, bias=True)
+        c.bn(a)
+        c.conv(a, co * r, 1, 1, 1, groups=k, bias=True)
+        if spec.avd and stride > 1:
+            ho, wo = pool_out(h, stride), pool_out(w, stride)
+        return ho, wo
+
+    def mixer_check(self, ci, co, spec):
+        r, k = spec.radix, spec.cardinality
+        if ci % (k * r):
+            return "radix", f"K*R = {k}*{r} = {k * r} does not divide the split-attention input width {ci}"
+        if co % k:
+            return "cardinality", f"{k} does not divide the split-attention width {co}"
+        if splat_attn_channels(co, r) % k:
+            return "cardinality", f"{k} does not divide the attention width {splat_attn_channels(co, r)}"
+        return None

@@ -1,0 +1,123 @@
+"""Analytic cost: parameters and MACs of an architecture from formulas, before any module exists.
+
+The same walk checks that the architecture can be built (widths divisible by groups, strides that would shrink a
+1x1 map), so a budget or an impossible sample is rejected in microseconds and names the field at fault.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .blocks import BlockContext, get_block_type
+from .blocks.layers import Counter, conv_bn_cost, pool_out
+from .schema import SpecError
+from .spec import ModelSpec, StageSpec, choices_in
+
+
+@dataclass
+class StageCost:
+    name: str
+    depth: int
+    width: int
+    types: list[str]
+    params: int
+    macs: int
+    out_shape: tuple[int, int, int]
+
+
+@dataclass
+class Cost:
+    params: int
+    macs: int
+    input_shape: tuple[int, int, int]
+    rows: list[StageCost] = field(default_factory=list)
+
+
+def stage_blocks(stage: StageSpec) -> list:
+    return list(stage.blocks) if stage.blocks is not None else [stage.block] * stage.depth
+
+
+def block_path(i: int, stage: StageSpec, j: int) -> str:
+    return f"model.stages.{i}.blocks.{j}" if stage.blocks is not None else f"model.stages.{i}.block"
+
+
+def resolve_io(arch: ModelSpec, in_channels: int | None, num_classes: int | None) -> tuple[int, int]:
+    ci = in_channels if in_channels is not None else (arch.in_channels if arch.in_channels is not None else 3)
+    nc = num_classes if num_classes is not None else (arch.num_classes if arch.num_classes is not None else 1000)
+    return ci, nc
+
+
+STEM_STRIDES = {"conv7": 4, "deep": 4, "cifar": 1, "rexnet": 2}
+
+
+def stem_cost(c: Counter, stem, ci: int, h: int, w: int):
+    t, sw = stem.type, stem.width
+    if t == "conv7":
+        h, w = conv_bn_cost(c, ci, sw, 7, h, w, 2)
+        return pool_out(h, 2), pool_out(w, 2)
+    if t == "deep":
+        h, w = conv_bn_cost(c, ci, sw // 2, 3, h, w, 2)
+        h, w = conv_bn_cost(c, sw // 2, sw // 2, 3, h, w)
+        h, w = conv_bn_cost(c, sw // 2, sw, 3, h, w)
+        return pool_out(h, 2), pool_out(w, 2)
+    if t == "cifar":
+        return conv_bn_cost(c, ci, sw, 3, h, w)
+    if t == "rexnet":
+        return conv_bn_cost(c, ci, sw, 3, h, w, 2)
+    raise AssertionError(t)
+
+
+def head_cost(c: Counter, head, ci: int, nc: int, h: int, w: int) -> int:
+    if head.conv_width:
+        conv_bn_cost(c, ci, head.conv_width, 1, h, w)
+        ci = head.conv_width
+    c.linear(ci, nc)
+    return ci
+
+
+def architecture_cost(arch: ModelSpec, input_size: int | None = None, in_channels: int | None = None,
+                      num_classes: int | None = None) -> Cost:
+    """Params and MACs (conv and linear multiply-adds, as torch's flop counter counts them, halved).
+
+    Raises SpecError naming the field when the architecture cannot be built.
+    """
+    left = choices_in(arch)
+    if left:
+        raise SpecError(f"model.{left[0]}", "is still a choice; sample the space first (search sample)")
+    ci, nc = resolve_io(arch, in_channels, num_classes)
+    size = input_size or arch.input_size
+    c = Counter()
+    if arch.stem.type == "deep" and arch.stem.width % 2:
+        raise SpecError("model.stem.width", f"{arch.stem.width} must be even for the deep stem (it uses width/2)")
+    if size < STEM_STRIDES[arch.stem.type]:
+        raise SpecError("model.input_size", f"{size} is smaller than the {arch.stem.type} stem's stride "
+                                            f"{STEM_STRIDES[arch.stem.type]}")
+    h, w = stem_cost(c, arch.stem, ci, size, size)
+    rows = [StageCost("stem", 1, arch.stem.width, [arch.stem.type], c.params, c.macs, (arch.stem.width, h, w))]
+    ch = arch.stem.width
+    all_blocks = [b for s in arch.stages for b in stage_blocks(s)]
+    index = 0
+    for i, stage in enumerate(arch.stages):
+        before = Counter(c.params, c.macs)
+        if stage.stride > 1 and (h == 1 or w == 1):
+            raise SpecError(f"model.stages.{i}.stride", f"{stage.stride} would shrink a 1x1 feature map "
+                                                        f"(input_size {size} is already 1x1 here); use 1")
+        blocks = stage_blocks(stage)
+        for j, block in enumerate(blocks):
+            stride = stage.stride if j == 0 else 1
+            ctx = BlockContext(arch.downsample, arch.zero_init_last, index, len(all_blocks))
+            kind = get_block_type(block.type)
+            problem = kind.check(ch, stage.width, stride, block, ctx)
+            if problem:
+                key, reason = problem
+                raise SpecError(f"{block_path(i, stage, j)}.{key}", reason)
+            h, w = kind.cost(c, ch, stage.width, stride, block, ctx, h, w)
+            ch = stage.width
+            index += 1
+        rows.append(StageCost(f"stage {i}", len(blocks), ch, [b.type for b in blocks],
+                              c.params - before.params, c.macs - before.macs, (ch, h, w)))
+    before = Counter(c.params, c.macs)
+    head_cost(c, arch.head, ch, nc, h, w)
+    rows.append(StageCost("head", 1, nc, ["linear"], c.params - before.params, c.macs - before.macs, (nc, 1, 1)))
+    return Cost(c.params, c.macs, (ci, size, size), rows)
+

@@ -1,0 +1,303 @@
+"""Dataclass-driven validation shared by every spec section.
+
+Each section of a spec is a dataclass whose type hints and field metadata (``doc``, ``min``, ``max``) are the
+schema: the loader validates YAML against them, the README's key reference is generated from them, and there is
+no second copy of the rules to drift. Any leaf value may be a *choice* in a search space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+
+class SpecError(ValueError):
+    """A bad spec value: one line naming the field path, the bad value and what is allowed."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Choices
+# ----------------------------------------------------------------------------------------------------------------
+
+CHOICE_KEYS = ("choice", "int", "float")
+
+
+@dataclass(frozen=True)
+class Categorical:
+    options: tuple
+
+    def to_yaml(self):
+        return {"choice": list(self.options)}
+
+
+@dataclass(frozen=True)
+class IntRange:
+    low: int
+    high: int
+    step: int = 1
+    log: bool = False
+
+    def to_yaml(self):
+        out: dict[str, Any] = {"int": [self.low, self.high]}
+        if self.step != 1:
+            out["step"] = self.step
+        if self.log:
+            out["log"] = True
+        return out
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    low: float
+    high: float
+    step: float | None = None
+    log: bool = False
+
+    def to_yaml(self):
+        out: dict[str, Any] = {"float": [self.low, self.high]}
+        if self.step is not None:
+            out["step"] = self.step
+        if self.log:
+            out["log"] = True
+        return out
+
+
+Choice = Union[Categorical, IntRange, FloatRange]
+
+
+def is_choice(value: Any) -> bool:
+    return isinstance(value, (Categorical, IntRange, FloatRange))
+
+
+def looks_like_choice(raw: Any) -> bool:
+    return isinstance(raw, dict) and any(k in raw for k in CHOICE_KEYS)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parse_choice(raw: dict, path: str, check_value) -> Choice:
+    """Parse ``{choice: [...]}``, ``{int: [lo, hi], step, log}`` or ``{float: [lo, hi], step, log}``."""
+    kinds = [k for k in CHOICE_KEYS if k in raw]
+    if len(kinds) != 1:
+        raise SpecError(path, f"a choice needs exactly one of choice/int/float, got {sorted(raw)}")
+    kind = kinds[0]
+    allowed_extra = {"choice": set(), "int": {"step", "log"}, "float": {"step", "log"}}[kind]
+    for key in raw:
+        if key != kind and key not in allowed_extra:
+            raise SpecError(f"{path}.{key}", f"unknown key in a '{kind}' choice; allowed: {sorted(allowed_extra) or 'none'}")
+    body = raw[kind]
+    if kind == "choice":
+        if not isinstance(body, list) or not body:
+            raise SpecError(f"{path}.choice", f"{_fmt(body)} is not a non-empty list of options")
+        options = tuple(check_value(v, f"{path}.choice.{i}") for i, v in enumerate(body))
+        if len(set(map(repr, options))) != len(options):
+            raise SpecError(f"{path}.choice", f"{_fmt(list(body))} lists an option twice")
+        return Categorical(options)
+    if not isinstance(body, list) or len(body) != 2:
+        raise SpecError(f"{path}.{kind}", f"{_fmt(body)} must be a [low, high] pair")
+    low, high = (check_value(v, f"{path}.{kind}.{i}") for i, v in enumerate(body))
+    if kind == "int" and not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)):
+        raise SpecError(f"{path}.int", f"{_fmt(body)} must be two integers")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise SpecError(f"{path}.{kind}", f"{_fmt(body)} must be two numbers")
+    if low > high:
+        raise SpecError(f"{path}.{kind}", f"low {low} is above high {high}")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise SpecError(f"{path}.log", f"{_fmt(log)} is not a boolean")
+    step = raw.get("step")
+    if log and low <= 0:
+        raise SpecError(f"{path}.{kind}", f"a log range needs low > 0, got {low}")
+    if kind == "int":
+        step = 1 if step is None else step
+        if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+            raise SpecError(f"{path}.step", f"{_fmt(step)} must be a positive integer")
+        if log and step != 1:
+            raise SpecError(f"{path}.step", "step cannot be combined with log")
+        return IntRange(int(low), int(high), step, log)
+    if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool) or step <= 0):
+        raise SpecError(f"{path}.step", f"{_fmt(step)} must be a positive number")
+    if log and step is not None:
+        raise SpecError(f"{path}.step", "step cannot be combined with log")
+    return FloatRange(float(low), float(high), None if step is None else float(step), log)
+
+
+def choice_values(choice: Choice, limit: int = 64) -> list:
+    """The values a choice can take (ranges are represented by their ends and a few points between)."""
+    if isinstance(choice, Categorical):
+        return list(choice.options)
+    if isinstance(choice, IntRange):
+        vals = list(range(choice.low, choice.high + 1, choice.step))
+        return vals if len(vals) <= limit else [vals[0], vals[-1]]
+    return [choice.low, choice.high]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Values
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def field(default=dataclasses.MISSING, *, doc: str, min=None, max=None, default_factory=dataclasses.MISSING):
+    """A spec field: ``doc`` feeds the README reference and ``min``/``max`` bound numbers."""
+    meta = {"doc": doc, "min": min, "max": max}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def describe_type(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(_fmt(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        parts = [describe_type(a) for a in args]
+        if len(args) != len(typing.get_args(tp)):
+            parts.append("null")
+        return " or ".join(parts)
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        return f"a list of {describe_type(inner)}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "a boolean", str: "a string"}.get(tp, str(tp))
+
+
+def check_value(value: Any, tp, path: str, meta: dict | None = None) -> Any:
+    """Validate one fixed (non-choice) value against a type hint and bounds; returns the normalised value."""
+    meta = meta or {}
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return check_value(value, arg, path, meta)
+            except SpecError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise SpecError(path, f"{_fmt(value)} is not allowed; expected {describe_type(tp)}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed if a == value):
+            hint = ""
+            if isinstance(value, str):
+                close = difflib.get_close_matches(value, [a for a in allowed if isinstance(a, str)], n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpecError(path, f"{_fmt(value)} is not allowed; expected one of {', '.join(_fmt(a) for a in allowed)}{hint}")
+        return value
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise SpecError(path, f"{_fmt(value)} is not a list")
+        return [check_value(v, inner, f"{path}.{i}", meta) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SpecError(path, f"{_fmt(value)} is not a boolean; use true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise SpecError(path, f"{_fmt(value)} is not an integer")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(path, f"{_fmt(value)} is not a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise SpecError(path, f"{_fmt(value)} is not a finite number")
+    elif tp is str:
+        if not isinstance(value, str):
+            raise SpecError(path, f"{_fmt(value)} is not a string")
+        return value
+    elif tp is Any:
+        return value
+    else:  # pragma: no cover - schema programming error
+        raise TypeError(f"unsupported schema type {tp} at {path}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        raise SpecError(path, f"{_fmt(value)} is too small; allowed: >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+    if hi is not None and value > hi:
+        raise SpecError(path, f"{_fmt(value)} is too large; allowed: <= {hi}" + (f" and >= {lo}" if lo is not None else ""))
+    return value
+
+
+def hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def unknown_key_error(key: Any, allowed: list[str], path: str) -> SpecError:
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return SpecError(f"{path}.{key}" if path else str(key), f"unknown key; {hint}allowed: {', '.join(allowed)}")
+
+
+def parse_dataclass(cls, raw: Any, path: str, allow_choices: bool, special: dict | None = None):
+    """Build ``cls`` from a YAML mapping, validating every key; ``special`` maps field names to custom parsers."""
+    special = special or {}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError(path, f"{_fmt(raw)} is not a mapping; expected keys: {', '.join(f.name for f in dataclasses.fields(cls))}")
+    types_ = hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise unknown_key_error(key, list(fields), path)
+        sub = f"{path}.{key}" if path else key
+        if key in special:
+            values[key] = special[key](value, sub)
+            continue
+        tp = types_[key]
+        meta = dict(fields[key].metadata)
+        if dataclasses.is_dataclass(tp):
+            values[key] = parse_dataclass(tp, value, sub, allow_choices)
+        elif looks_like_choice(value):
+            if not allow_choices:
+                raise SpecError(sub, "a choice is not allowed here (this must be a fixed value)")
+            values[key] = parse_choice(value, sub, lambda v, p, tp=tp, meta=meta: check_value(v, tp, p, meta))
+        else:
+            values[key] = check_value(value, tp, sub, meta)
+    return cls(**values)
+
+
+def to_yaml(value: Any, skip_defaults: bool = False) -> Any:
+    """Turn a (possibly choice-holding) dataclass tree back into plain YAML data."""
+    if is_choice(value):
+        return value.to_yaml()
+    if dataclasses.is_dataclass(value):
+        out = {}
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            if skip_defaults and f.default is not dataclasses.MISSING and not is_choice(v) and v == f.default:
+                continue
+            out[f.name] = to_yaml(v, skip_defaults)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_yaml(v, skip_defaults) for v in value]
+    return value

@@ -1,0 +1,299 @@
+"""The spec: one schema for fixed architectures and search spaces.
+
+A spec file has ``name``, ``model``, ``train`` and ``search`` sections. Any leaf of ``model`` or ``train`` may be
+a choice; a spec with no choices left is an *Architecture* and compiles on its own. In a stage, ``block`` holds
+the settings every block of the stage draws from (each block draws its own values); ``blocks`` lists blocks by
+position and overrides ``block`` key by key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from .config import SearchConfig, TrainConfig
+from .schema import (
+    Categorical,
+    SpecError,
+    check_value,
+    field,
+    is_choice,
+    looks_like_choice,
+    parse_choice,
+    parse_dataclass,
+    to_yaml,
+    unknown_key_error,
+)
+
+
+@dataclass
+class BlockSpec:
+    type: str = field("plain", doc="block type: plain, grouped, se, sk, split_attention, res2net, rexnet")
+    bottleneck: bool = field(True, doc="1x1-3x3-1x1 bottleneck (true) or two 3x3 convs (basic)")
+    bottleneck_ratio: float = field(0.25, min=0.01, max=8.0, doc="mid width = int(out width * ratio) (bottleneck)")
+    cardinality: int = field(1, min=1, doc="K: groups of the 3x3 (grouped, sk, split_attention, res2net)")
+    radix: int = field(2, min=1, doc="R: splits of split-attention (split_attention only)")
+    avd: bool = field(False, doc="split_attention: stride moves to a 3x3 avgpool after the attention (ResNeSt-D)")
+    scales: int = field(4, min=2, doc="s: width scales of res2net")
+    attention: Literal["none", "se", "scse"] = field("none", doc="attention on the block output before the add")
+    se_ratio: float = field(0.0625, min=0.001, max=1.0, doc="SE reduction: r = make_divisible(C * se_ratio, 8)")
+    expansion: float = field(6.0, min=1.0, doc="rexnet: 1x1 expansion ratio of the inverted residual")
+    se_rexnet: bool = field(True, doc="rexnet: SE (BN inside, reduction 1/12) after the depthwise conv")
+
+
+@dataclass
+class StemSpec:
+    type: Literal["conv7", "deep", "cifar", "rexnet"] = field(
+        "conv7", doc="conv7: 7x7/2 + maxpool; deep: three 3x3 (width/2, width/2, width) + maxpool; "
+        "cifar: one 3x3/1, no pool (8-64 px inputs); rexnet: 3x3/2 + SiLU")
+    width: int = field(64, min=1, doc="stem output channels")
+
+
+@dataclass
+class HeadSpec:
+    dropout: float = field(0.0, min=0.0, max=1.0, doc="dropout before the classifier")
+    conv_width: int = field(0, min=0, doc="1x1 conv + BN + act to this width before pooling (0: none; ReXNet 1280)")
+    act: Literal["relu", "silu"] = field("relu", doc="activation of the head conv")
+
+
+@dataclass
+class StageSpec:
+    depth: int = field(1, min=1, max=64, doc="number of blocks")
+    width: int = field(64, min=1, doc="output channels of every block of the stage")
+    stride: Literal[1, 2] = field(1, doc="stride of the first block")
+    block: BlockSpec = field(default_factory=BlockSpec, doc="settings each block draws from")
+    blocks: Optional[list[BlockSpec]] = field(None, doc="per-position blocks; override `block` key by key")
+
+
+@dataclass
+class ModelSpec:
+    in_channels: Optional[int] = field(None, min=1, doc="input channels; null: from the dataset (3 for compile)")
+    num_classes: Optional[int] = field(None, min=1, doc="classes; null: from the dataset (1000 for compile)")
+    input_size: int = field(224, min=1, doc="input height = width the cost model, budgets and checks use")
+    stem: StemSpec = field(default_factory=StemSpec, doc="the stem")
+    downsample: Literal["conv", "avg"] = field("conv", doc="shortcut when shape changes: 1x1 conv+BN, or "
+                                               "avgpool+1x1 conv+BN (ResNet-D)")
+    zero_init_last: bool = field(True, doc="zero-init the last BN gamma of each residual block (not SK)")
+    stages: list[StageSpec] = field(default_factory=list, doc="the stages, in order")
+    head: HeadSpec = field(default_factory=HeadSpec, doc="the classifier head")
+
+
+@dataclass
+class Spec:
+    name: str = field("spec", doc="name of the spec (run directory and study name)")
+    model: ModelSpec = field(default_factory=ModelSpec, doc="the network")
+    train: TrainConfig = field(default_factory=TrainConfig, doc="the proxy training recipe")
+    search: SearchConfig = field(default_factory=SearchConfig, doc="the search")
+
+    def is_fixed(self) -> bool:
+        """True when no choice is left: the spec is one architecture."""
+        return not choices_in(self)
+
+    def to_yaml(self) -> str:
+        return dump_spec(self)
+
+
+# Architecture is a fixed ModelSpec: the same schema with no choices left.
+Architecture = ModelSpec
+
+
+def choices_in(value: Any, path: str = "") -> list[str]:
+    """Paths of the choices left anywhere in a spec tree."""
+    if is_choice(value):
+        return [path]
+    found = []
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            found += choices_in(getattr(value, f.name), f"{path}.{f.name}" if path else f.name)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += choices_in(v, f"{path}.{i}")
+    return found
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Parsing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _parse_block(raw: Any, path: str, allow_choices: bool, base: BlockSpec | None = None) -> tuple[BlockSpec, set]:
+    from .blocks import block_type_names, get_block_type, relevant_fields
+
+    def parse_type(value, p):
+        names = block_type_names()
+        check = lambda v, pp: check_value(v, Literal[tuple(names)], pp)  # noqa: E731
+        if looks_like_choice(value):
+            if not allow_choices:
+                raise SpecError(p, "a choice is not allowed here (this must be a fixed value)")
+            choice = parse_choice(value, p, check)
+            if not isinstance(choice, Categorical):
+                raise SpecError(p, "block type choices are written {choice: [...]}")
+            return choice
+        return check(value, p)
+
+    block = parse_dataclass(BlockSpec, raw, path, allow_choices, special={"type": parse_type})
+    given = set(raw or {})  # only the keys written here are checked; inherited ones may simply go unused
+    if base is not None:
+        block = dataclasses.replace(base, **{k: getattr(block, k) for k in given})
+    # A key no possible type reads is a mistake (radix on a plain block, scales on sk ...).
+    types_ = block.type.options if is_choice(block.type) else (block.type,)
+    for key in sorted(given - {"type"}):
+        if not any(key in get_block_type(t).uses for t in types_):
+            users = [n for n in block_type_names() if key in get_block_type(n).uses]
+            raise SpecError(f"{path}.{key}", f"does not apply to block type {', '.join(map(repr, types_))}; "
+                                             f"it is used by: {', '.join(users)}")
+    if not is_choice(block.type):
+        # Keys a fixed type ignores under the values given (bottleneck_ratio of a basic block ...).
+        relevant = relevant_fields(block)
+        for key in sorted(given - {"type"}):
+            if key not in relevant and not is_choice(getattr(block, key)) and not any(
+                    is_choice(getattr(block, k)) for k in ("bottleneck", "attention")):
+                raise SpecError(f"{path}.{key}", f"is ignored by this block as written (type {block.type!r}); "
+                                                 f"remove it or set the keys it depends on")
+    return block, given
+
+
+def _parse_stage(raw: Any, path: str, allow_choices: bool) -> StageSpec:
+    if not isinstance(raw, dict):
+        raise SpecError(path, f"{raw!r} is not a mapping; a stage has depth, width, stride, block, blocks")
+    template = [None]
+
+    def parse_block(value, p):
+        template[0] = _parse_block(value, p, allow_choices)[0]
+        return template[0]
+
+    raw = dict(raw)
+    raw_blocks = raw.pop("blocks", None)
+    stage = parse_dataclass(StageSpec, raw, path, allow_choices, special={"block": parse_block})
+    if template[0] is None:
+        template[0] = _parse_block({}, f"{path}.block", allow_choices)[0]
+    if raw_blocks is not None:
+        if not isinstance(raw_blocks, list) or not raw_blocks:
+            raise SpecError(f"{path}.blocks", f"{raw_blocks!r} is not a non-empty list of blocks")
+        blocks = [_parse_block(b, f"{path}.blocks.{i}", allow_choices, base=template[0])[0]
+                  for i, b in enumerate(raw_blocks)]
+        if "depth" in raw and (is_choice(stage.depth) or stage.depth != len(blocks)):
+            raise SpecError(f"{path}.depth", f"{raw['depth']!r} disagrees with the {len(blocks)} blocks listed; "
+                                             f"leave depth out when blocks are listed")
+        stage = dataclasses.replace(stage, depth=len(blocks), blocks=blocks)
+    return dataclasses.replace(stage, block=template[0])
+
+
+def _parse_model(raw: Any, path: str, allow_choices: bool) -> ModelSpec:
+    def parse_stages(value, p):
+        if not isinstance(value, list) or not value:
+            raise SpecError(p, f"{value!r} is not a non-empty list of stages")
+        return [_parse_stage(s, f"{p}.{i}", allow_choices) for i, s in enumerate(value)]
+
+    if not isinstance(raw, dict) or "stages" not in raw:
+        raise SpecError(path, "the model needs a 'stages' list")
+    return parse_dataclass(ModelSpec, raw, path, allow_choices, special={"stages": parse_stages})
+
+
+def parse_spec(data: Any, source: str = "spec") -> Spec:
+    """Validate plain YAML data into a :class:`Spec` (a search space, or an architecture if no choices)."""
+    if not isinstance(data, dict):
+        raise SpecError("", f"{source}: the top level must be a mapping with name, model, train, search")
+
+    def parse_search(value, p):
+        return parse_dataclass(SearchConfig, value, p, allow_choices=False)
+
+    spec = parse_dataclass(Spec, data, "", allow_choices=True, special={
+        "model": lambda v, p: _parse_model(v, p, True),
+        "search": parse_search,
+    })
+    if "model" not in data:
+        raise SpecError("model", "missing; a spec needs a 'model' section with 'stages'")
+    if spec.is_fixed():
+        from .cost import architecture_cost
+        architecture_cost(spec.model)  # raises SpecError naming the field of an impossible combination
+    return spec
+
+
+def load_spec(source: str | Path) -> Spec:
+    """Load a spec from a YAML file path (or YAML text containing a newline)."""
+    text, name = _read(source)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError("", f"{name}: YAML syntax error{where}: {problem}") from None
+    spec = parse_spec(data, name)
+    if isinstance(source, (str, Path)) and "\n" not in str(source):
+        spec.search = dataclasses.replace(spec.search, warm_start=[
+            str((Path(source).parent / p)) if not Path(p).is_absolute() else p for p in spec.search.warm_start])
+    return spec
+
+
+def _read(source: str | Path) -> tuple[str, str]:
+    if isinstance(source, str) and "\n" in source:
+        return source, "<text>"
+    path = Path(source)
+    if not path.exists():
+        raise SpecError("", f"{path}: no such file")
+    if path.is_dir():
+        raise SpecError("", f"{path}: is a directory, expected a YAML spec file")
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError("", f"{path}: cannot read ({e})") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dumping
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def block_to_yaml(block: BlockSpec) -> dict:
+    """Only the keys the block's type reads, and only where they differ from the defaults."""
+    from .blocks import relevant_fields
+
+    out: dict[str, Any] = {"type": to_yaml(block.type)}
+    defaults = BlockSpec()
+    keep = relevant_fields(block) if not is_choice(block.type) else {f.name for f in dataclasses.fields(block)}
+    for f in dataclasses.fields(block):
+        v = getattr(block, f.name)
+        if f.name == "type" or f.name not in keep:
+            continue
+        if is_choice(v) or v != getattr(defaults, f.name):
+            out[f.name] = to_yaml(v)
+    return out
+
+
+def model_to_yaml(model: ModelSpec) -> dict:
+    out = to_yaml(model)
+    out["stages"] = []
+    for stage in model.stages:
+        s: dict[str, Any] = {"depth": to_yaml(stage.depth), "width": to_yaml(stage.width),
+                             "stride": to_yaml(stage.stride)}
+        if stage.blocks is not None:
+            del s["depth"]
+            s["blocks"] = [block_to_yaml(b) for b in stage.blocks]
+        else:
+            s["block"] = block_to_yaml(stage.block)
+        out["stages"].append(s)
+    for key in ("in_channels", "num_classes"):
+        if out[key] is None:
+            del out[key]
+    return out
+
+
+def spec_to_data(spec: Spec) -> dict:
+    return {"name": spec.name, "model": model_to_yaml(spec.model),
+            "train": to_yaml(spec.train, skip_defaults=True), "search": to_yaml(spec.search, skip_defaults=True)}
+
+
+def dump_spec(spec: Spec) -> str:
+    """YAML text for a spec; an architecture dumps to a file that loads back equal."""
+    return yaml.safe_dump(spec_to_data(spec), sort_keys=False, default_flow_style=None, width=110)
+
+
+def fixed_copy(spec: Spec) -> Spec:
+    return copy.deepcopy(spec)
