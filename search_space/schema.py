@@ -225,6 +225,11 @@ def check_value(value: Any, tp, path: str, meta: dict | None = None) -> Any:
             else:
                 raise SpecError(path, f"{_fmt(value)} is not an integer")
     elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1.0e6 (no sign in the exponent) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(path, f"{_fmt(value)} is not a number")
         value = float(value)
@@ -286,6 +291,12 @@ def parse_dataclass(cls, raw: Any, path: str, allow_choices: bool, special: dict
     return cls(**values)
 
 
+def default_of(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def to_yaml(value: Any, skip_defaults: bool = False) -> Any:
     """Turn a (possibly choice-holding) dataclass tree back into plain YAML data."""
     if is_choice(value):
@@ -294,7 +305,7 @@ def to_yaml(value: Any, skip_defaults: bool = False) -> Any:
         out = {}
         for f in dataclasses.fields(value):
             v = getattr(value, f.name)
-            if skip_defaults and f.default is not dataclasses.MISSING and not is_choice(v) and v == f.default:
+            if skip_defaults and not is_choice(v) and v == default_of(f):
                 continue
             out[f.name] = to_yaml(v, skip_defaults)
         return out

@@ -121,7 +121,7 @@ def choices_in(value: Any, path: str = "") -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _parse_block(raw: Any, path: str, allow_choices: bool, base: BlockSpec | None = None) -> tuple[BlockSpec, set]:
+def _parse_block(raw: Any, path: str, allow_choices: bool, check_keys: bool = True) -> tuple[BlockSpec, set]:
     from .blocks import block_type_names, get_block_type, relevant_fields
 
     def parse_type(value, p):
@@ -137,9 +137,9 @@ def _parse_block(raw: Any, path: str, allow_choices: bool, base: BlockSpec | Non
         return check(value, p)
 
     block = parse_dataclass(BlockSpec, raw, path, allow_choices, special={"type": parse_type})
-    given = set(raw or {})  # only the keys written here are checked; inherited ones may simply go unused
-    if base is not None:
-        block = dataclasses.replace(base, **{k: getattr(block, k) for k in given})
+    given = set(raw or {})
+    if not check_keys:
+        return block, given
     # A key no possible type reads is a mistake (radix on a plain block, scales on sk ...).
     types_ = block.type.options if is_choice(block.type) else (block.type,)
     for key in sorted(given - {"type"}):
@@ -162,26 +162,54 @@ def _parse_stage(raw: Any, path: str, allow_choices: bool) -> StageSpec:
     if not isinstance(raw, dict):
         raise SpecError(path, f"{raw!r} is not a mapping; a stage has depth, width, stride, block, blocks")
     template = [None]
-
-    def parse_block(value, p):
-        template[0] = _parse_block(value, p, allow_choices)[0]
-        return template[0]
-
     raw = dict(raw)
     raw_blocks = raw.pop("blocks", None)
+
+    def parse_block(value, p):
+        # With a per-position list the template's keys are checked where they land, in each listed block.
+        template[0] = _parse_block(value, p, allow_choices, check_keys=raw_blocks is None)[0]
+        return template[0]
+
     stage = parse_dataclass(StageSpec, raw, path, allow_choices, special={"block": parse_block})
     if template[0] is None:
         template[0] = _parse_block({}, f"{path}.block", allow_choices)[0]
     if raw_blocks is not None:
         if not isinstance(raw_blocks, list) or not raw_blocks:
             raise SpecError(f"{path}.blocks", f"{raw_blocks!r} is not a non-empty list of blocks")
-        blocks = [_parse_block(b, f"{path}.blocks.{i}", allow_choices, base=template[0])[0]
+        base = raw.get("block") if isinstance(raw.get("block"), dict) else {}
+        blocks = [_parse_block({**base, **b} if isinstance(b, dict) else b, f"{path}.blocks.{i}", allow_choices)[0]
                   for i, b in enumerate(raw_blocks)]
         if "depth" in raw and (is_choice(stage.depth) or stage.depth != len(blocks)):
             raise SpecError(f"{path}.depth", f"{raw['depth']!r} disagrees with the {len(blocks)} blocks listed; "
                                              f"leave depth out when blocks are listed")
         stage = dataclasses.replace(stage, depth=len(blocks), blocks=blocks)
-    return dataclasses.replace(stage, block=template[0])
+    return canonical_stage(dataclasses.replace(stage, block=template[0]))
+
+
+def canonical_block(block: BlockSpec) -> BlockSpec:
+    """Reset the fields the block's type does not read to their defaults, so equal blocks compare equal."""
+    from .blocks import relevant_fields
+
+    if is_choice(block.type):
+        return block
+    keep = relevant_fields(block)
+    if any(is_choice(getattr(block, k)) for k in keep & {"bottleneck", "attention"}):
+        return block  # which fields matter is not settled yet
+    defaults = BlockSpec()
+    return dataclasses.replace(block, **{f.name: getattr(defaults, f.name) for f in dataclasses.fields(block)
+                                         if f.name not in keep})
+
+
+def canonical_stage(stage: StageSpec) -> StageSpec:
+    """A stage with no choices lists its blocks by position (the form an Architecture has)."""
+    if is_choice(stage.depth):
+        return stage
+    blocks = stage.blocks if stage.blocks is not None else [stage.block] * stage.depth
+    blocks = [canonical_block(b) for b in blocks]
+    candidate = dataclasses.replace(stage, blocks=blocks, block=BlockSpec())
+    if choices_in(candidate):
+        return stage
+    return candidate
 
 
 def _parse_model(raw: Any, path: str, allow_choices: bool) -> ModelSpec:
@@ -273,7 +301,9 @@ def model_to_yaml(model: ModelSpec) -> dict:
     for stage in model.stages:
         s: dict[str, Any] = {"depth": to_yaml(stage.depth), "width": to_yaml(stage.width),
                              "stride": to_yaml(stage.stride)}
-        if stage.blocks is not None:
+        if stage.blocks is not None and all(b == stage.blocks[0] for b in stage.blocks) and not choices_in(stage):
+            s["block"] = block_to_yaml(stage.blocks[0])
+        elif stage.blocks is not None:
             del s["depth"]
             s["blocks"] = [block_to_yaml(b) for b in stage.blocks]
         else:

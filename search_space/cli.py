@@ -1,0 +1,182 @@
+"""The ``search`` command: validate, compile, sample, train, run, show.
+
+Bad input (a spec, a path, an argument) exits 2 with one line on stderr and no traceback; an unexpected error
+exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from .schema import SpecError
+
+# Subcommands that live with their concept: module path -> (add_parser, run) by convention.
+EXTERNAL_COMMANDS = ("runners.train_cli", "runners.search_cli")
+
+
+def fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def fmt_macs(n: int) -> str:
+    return f"{n / 1e9:.3f} G" if n >= 1e8 else f"{n / 1e6:.2f} M"
+
+
+def sample_feasible(spec, seed: int, tries: int = 200):
+    """Draw from a seeded random sampler until a sample can be built; deterministic for a seed."""
+    from .sampling import InfeasibleSample, RandomSuggester, sample
+
+    suggester = RandomSuggester(seed)
+    last = None
+    for _ in range(tries):
+        try:
+            return sample(spec, suggester)
+        except InfeasibleSample as e:
+            last = e
+    raise SpecError(last.path, f"{tries} random samples were infeasible; the last: {last.message}")
+
+
+def load_fixed(path: str, sample_seed: int | None = None):
+    from .spec import load_spec
+
+    spec = load_spec(path)
+    if sample_seed is not None:
+        return sample_feasible(spec, sample_seed) if not spec.is_fixed() else spec
+    if not spec.is_fixed():
+        from .spec import choices_in
+
+        raise SpecError(choices_in(spec)[0], f"{path} is a search space (this is a choice); "
+                                             f"use --sample --seed N, or `search sample {path} -o arch.yaml`")
+    return spec
+
+
+def cmd_validate(args) -> int:
+    from .spec import choices_in, load_spec
+
+    spec = load_spec(args.spec)
+    left = choices_in(spec)
+    if left:
+        print(f"{args.spec}: valid search space '{spec.name}' with {len(left)} choice(s): "
+              f"{', '.join(left[:8])}{' ...' if len(left) > 8 else ''}")
+    else:
+        from .cost import architecture_cost
+
+        cost = architecture_cost(spec.model)
+        print(f"{args.spec}: valid architecture '{spec.name}': {fmt_int(cost.params)} parameters, "
+              f"{fmt_macs(cost.macs)}MACs at {spec.model.input_size}x{spec.model.input_size}")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    import torch
+
+    from .compiler import build_model
+    from .cost import architecture_cost
+
+    spec = load_fixed(args.spec, args.seed if args.sample else None)
+    arch = spec.model
+    size = args.input_size or arch.input_size
+    cost = architecture_cost(arch, input_size=size, in_channels=args.in_channels, num_classes=args.num_classes)
+    model = build_model(arch, in_channels=args.in_channels, num_classes=args.num_classes)
+    n_params = sum(p.numel() for p in model.parameters())
+    ci, h, w = cost.input_shape
+    with torch.no_grad():
+        out = model.eval()(torch.zeros(1, ci, h, w))
+    rows = [("part", "blocks", "types", "width", "params", "MACs", "output")]
+    for r in cost.rows:
+        types = ",".join(sorted(set(r.types), key=r.types.index))
+        rows.append((r.name, str(r.depth), types, str(r.width), fmt_int(r.params), fmt_macs(r.macs),
+                     "x".join(map(str, r.out_shape))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"{spec.name}: input {ci}x{h}x{w}")
+    for k, r in enumerate(rows):
+        print("  ".join(c.ljust(wd) if i < 3 else c.rjust(wd) for i, (c, wd) in enumerate(zip(r, widths))))
+        if k == 0:
+            print("  ".join("-" * wd for wd in widths))
+    print(f"total: {fmt_int(n_params)} parameters, {fmt_macs(cost.macs)}MACs, output {tuple(out.shape)}")
+    if n_params != cost.params:  # the cost model and the module must agree; say so loudly if they do not
+        print(f"warning: cost model counts {fmt_int(cost.params)} parameters", file=sys.stderr)
+        return 1
+    if args.output:
+        from .spec import dump_spec
+
+        Path(args.output).write_text(dump_spec(spec))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .spec import dump_spec, load_spec
+
+    spec = load_spec(args.space)
+    text = dump_spec(sample_feasible(spec, args.seed))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's exit code 2 and a one-line message."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="search", description="Declarative architecture search over the ResNet family.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("validate", help="check a spec and say what it is")
+    p.add_argument("spec")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("compile", help="build an architecture and print its per-stage table")
+    p.add_argument("spec")
+    p.add_argument("--input-size", type=int, help="input height = width (default: the spec's input_size)")
+    p.add_argument("--in-channels", type=int, help="input channels (default: the spec's, or 3)")
+    p.add_argument("--num-classes", type=int, help="classes (default: the spec's, or 1000)")
+    p.add_argument("--sample", action="store_true", help="sample a search space first (with --seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --sample")
+    p.add_argument("-o", "--output", help="also write the (sampled) architecture YAML here")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("sample", help="draw one architecture from a search space")
+    p.add_argument("space")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", help="write the architecture YAML here (default: stdout)")
+    p.set_defaults(func=cmd_sample)
+
+    for module in EXTERNAL_COMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

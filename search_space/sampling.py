@@ -1,0 +1,153 @@
+"""Sampling: one define-by-run function turns a search space into an architecture for every backend.
+
+It asks a *suggest* interface (the calls an ``optuna.Trial`` answers) only for the choices that matter: a block's
+settings only for blocks within the sampled depth, ``radix`` only for a split-attention block, ``cardinality``
+only where groups exist, ``se_ratio`` only with attention. Names are stable paths: ``stages.1.depth``,
+``stages.1.blocks.2.type``, ``stem.width``, ``train.lr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from typing import Any, Protocol
+
+from .blocks import get_block_type
+from .schema import Categorical, FloatRange, IntRange, SpecError, is_choice
+from .spec import BlockSpec, ModelSpec, Spec, StageSpec, canonical_block, canonical_stage
+
+
+class Suggest(Protocol):
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int: ...
+    def suggest_float(self, name: str, low: float, high: float, step: float | None = None,
+                      log: bool = False) -> float: ...
+
+
+class InfeasibleSample(SpecError):
+    """A sample that cannot be built (or is over budget); runners record it with its reason, they do not crash."""
+
+
+class RandomSuggester:
+    """A seeded uniform sampler for tests, fuzzing and quick looks; ``params`` records what was asked."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+        self.params: dict[str, Any] = {}
+
+    def suggest_categorical(self, name, choices):
+        self.params[name] = value = self.rng.choice(list(choices))
+        return value
+
+    def suggest_int(self, name, low, high, step=1, log=False):
+        if log:
+            value = int(round(math.exp(self.rng.uniform(math.log(low), math.log(high)))))
+            value = min(max(value, low), high)
+        else:
+            value = self.rng.randrange(low, high + 1, step)
+        self.params[name] = value
+        return value
+
+    def suggest_float(self, name, low, high, step=None, log=False):
+        if log:
+            value = math.exp(self.rng.uniform(math.log(low), math.log(high)))
+        elif step:
+            value = low + self.rng.randrange(int(round((high - low) / step)) + 1) * step
+        else:
+            value = self.rng.uniform(low, high)
+        self.params[name] = value
+        return value
+
+
+class FixedSuggester:
+    """Answers from a dict of parameters (a finished trial's), so a sample can be replayed exactly."""
+
+    def __init__(self, params: dict[str, Any]):
+        self.params = dict(params)
+
+    def _get(self, name):
+        if name not in self.params:
+            raise KeyError(f"no value for parameter {name!r}")
+        return self.params[name]
+
+    def suggest_categorical(self, name, choices):
+        return self._get(name)
+
+    def suggest_int(self, name, low, high, step=1, log=False):
+        return self._get(name)
+
+    def suggest_float(self, name, low, high, step=None, log=False):
+        return self._get(name)
+
+
+def resolve(value: Any, name: str, suggest: Suggest) -> Any:
+    """A fixed value as it is; a choice answered by ``suggest`` under ``name``."""
+    if isinstance(value, Categorical):
+        if len(value.options) == 1:
+            return value.options[0]
+        return suggest.suggest_categorical(name, list(value.options))
+    if isinstance(value, IntRange):
+        return suggest.suggest_int(name, value.low, value.high, step=value.step, log=value.log)
+    if isinstance(value, FloatRange):
+        return suggest.suggest_float(name, value.low, value.high, step=value.step, log=value.log)
+    return value
+
+
+def resolve_dataclass(obj: Any, prefix: str, suggest: Suggest, skip: tuple[str, ...] = ()) -> Any:
+    changes = {}
+    for f in dataclasses.fields(obj):
+        if f.name in skip:
+            continue
+        value = getattr(obj, f.name)
+        name = f"{prefix}{f.name}"
+        if is_choice(value):
+            changes[f.name] = resolve(value, name, suggest)
+        elif dataclasses.is_dataclass(value):
+            changes[f.name] = resolve_dataclass(value, f"{name}.", suggest)
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def sample_block(block: BlockSpec, prefix: str, suggest: Suggest) -> BlockSpec:
+    """Type first, then only the fields that type reads given the values drawn so far (field order)."""
+    block = dataclasses.replace(block, type=resolve(block.type, f"{prefix}type", suggest))
+    kind = get_block_type(block.type)
+    for f in dataclasses.fields(block):
+        if f.name == "type":
+            continue
+        if f.name in kind.relevant(block):
+            block = dataclasses.replace(block, **{f.name: resolve(getattr(block, f.name), f"{prefix}{f.name}",
+                                                                  suggest)})
+    return canonical_block(block)
+
+
+def sample_stage(stage: StageSpec, prefix: str, suggest: Suggest) -> StageSpec:
+    depth = resolve(stage.depth, f"{prefix}depth", suggest)
+    stage = resolve_dataclass(dataclasses.replace(stage, depth=depth), prefix, suggest, skip=("block", "blocks"))
+    templates = stage.blocks if stage.blocks is not None else [stage.block] * depth
+    blocks = [sample_block(templates[j], f"{prefix}blocks.{j}.", suggest) for j in range(depth)]
+    return canonical_stage(dataclasses.replace(stage, blocks=blocks, block=BlockSpec()))
+
+
+def sample_model(model: ModelSpec, suggest: Suggest) -> ModelSpec:
+    fixed = resolve_dataclass(model, "", suggest, skip=("stages",))
+    stages = [sample_stage(s, f"stages.{i}.", suggest) for i, s in enumerate(model.stages)]
+    return dataclasses.replace(fixed, stages=stages)
+
+
+def sample(spec: Spec, suggest: Suggest, check: bool = True) -> Spec:
+    """Draw one architecture (and training recipe) from a space.
+
+    With ``check`` the sample goes through the cost model and an impossible combination raises
+    :class:`InfeasibleSample` naming the field (runners record such a trial as infeasible).
+    """
+    out = dataclasses.replace(spec, model=sample_model(spec.model, suggest),
+                              train=resolve_dataclass(spec.train, "train.", suggest))
+    if check:
+        from .cost import architecture_cost
+
+        try:
+            architecture_cost(out.model)
+        except SpecError as e:
+            raise InfeasibleSample(e.path, e.message) from None
+    return out
