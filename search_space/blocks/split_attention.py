@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import register_block
-from .layers import conv, conv_bn, conv_bn_cost, make_divisible, pool_out
+from .layers import channels_last_like, conv, conv_bn, conv_bn_cost, make_divisible, pool_out
 from .residual import MixerBlockType
 
 
@@ -42,7 +42,7 @@ class SplitAttention(nn.Module):
             attn = torch.softmax(logits.view(b, k, r, -1), dim=2).transpose(1, 2).reshape(b, r, rc // r, 1, 1)
         else:
             attn = logits.sigmoid().view(b, r, rc // r, 1, 1)
-        return self.pool((splits * attn).sum(1))
+        return self.pool(channels_last_like((splits * attn).sum(1), x))  # the sum over R drops channels_last
 
 
 @register_block

@@ -1,0 +1,80 @@
+"""The paper zoo: exact parameter counts (DESIGN.md section 4) from the cost model and the built module, and MACs
+within 1% of torch's flop counter and of the published GMACs. One forward per model, at 224x224, batch 1.
+
+The counted forward runs on the ``meta`` device: the flop counter counts from shapes alone, so the count is the
+one a CPU forward gives (``test_meta_count_equals_cpu_count`` holds that on ResNet-18, and ``search compile``
+runs ResNeSt-50d for real) at a fraction of the time, which keeps this file to a few seconds.
+
+ReXNet files are covered by the ReXNet tests and skipped here by name.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import ZOO, counted_macs, n_params
+from search_space.compiler import build_model
+from search_space.cost import architecture_cost
+from search_space.spec import load_spec
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+# DESIGN.md section 4: exact parameters and GMACs (3x224x224, 1000 classes).
+REFERENCE = {
+    "resnet18": (11_689_512, 1.814),
+    "resnet50": (25_557_032, 4.089),
+    "resnext50_32x4d": (25_028_904, 4.230),
+    "seresnet50": (28_088_024, 4.092),
+    "skresnext50_32x4d": (27_479_784, 4.463),
+    "resnest50d": (27_483_240, 5.371),
+    "res2net50_26w_4s": (25_699_120, 4.255),
+}
+
+FILES = [p for p in ZOO if "rexnet" not in p.stem]
+
+
+def test_zoo_is_complete():
+    assert sorted(p.stem for p in FILES) == sorted(REFERENCE)
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_zoo_reference_figures(path):
+    spec = load_spec(path)
+    assert spec.is_fixed() and spec.name == path.stem
+    arch = spec.model
+    assert (arch.in_channels, arch.num_classes, arch.input_size) == (3, 1000, 224)
+    params, gmacs = REFERENCE[path.stem]
+
+    cost = architecture_cost(arch)
+    assert cost.params == params
+    assert cost.macs / 1e9 == pytest.approx(gmacs, rel=0.01)
+    assert cost.macs / 1e9 == pytest.approx(gmacs, abs=0.0005)  # the table's three decimals
+    assert sum(r.params for r in cost.rows) == cost.params
+    assert sum(r.macs for r in cost.rows) == cost.macs
+    assert cost.rows[-2].out_shape == (2048, 7, 7) or path.stem == "resnet18"
+
+    with torch.device("meta"):
+        model = build_model(arch)
+    assert n_params(model) == params
+    assert model.num_features == cost.rows[-2].width
+    measured = counted_macs(model, 3, 224, device="meta")
+    assert cost.macs == pytest.approx(measured, rel=0.01)
+
+
+def test_meta_count_equals_cpu_count():
+    arch = load_spec(next(p for p in FILES if p.stem == "resnet18")).model
+    cpu = build_model(arch)
+    with torch.device("meta"):
+        meta = build_model(arch)
+    assert n_params(cpu) == n_params(meta) == REFERENCE["resnet18"][0]
+    assert counted_macs(cpu, 3, 224) == counted_macs(meta, 3, 224, device="meta") == architecture_cost(arch).macs
+
+
+def test_compile_resnest50d_prints_params(cli):
+    path = next(p for p in FILES if p.stem == "resnest50d")
+    result = cli("compile", path)
+    assert result.code == 0, result
+    assert "27,483,240" in result.out
+    total = [line for line in result.out.splitlines() if line.startswith("total:")]
+    assert total == ["total: 27,483,240 parameters, 5.371 GMACs, output (1, 1000)"]
