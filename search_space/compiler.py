@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from .blocks import BlockContext, get_block_type
 from .blocks.layers import conv_bn
-from .cost import architecture_cost, resolve_io, stage_blocks
+from .cost import architecture_cost, model_widths, resolve_io, stage_blocks
 from .spec import ModelSpec
 
 
@@ -37,21 +39,22 @@ class Network(nn.Module):
         super().__init__()
         architecture_cost(arch, in_channels=in_channels, num_classes=num_classes)  # raises on impossible specs
         ci, nc = resolve_io(arch, in_channels, num_classes)
-        self.stem = build_stem(arch.stem, ci)
-        ch = arch.stem.width
+        stem_w, widths, head_w = model_widths(arch)
+        self.stem = build_stem(dataclasses.replace(arch.stem, width=stem_w), ci)
+        ch = stem_w
         blocks_total = sum(s.depth if s.blocks is None else len(s.blocks) for s in arch.stages)
         stages, index = [], 0
-        for stage in arch.stages:
+        for i, stage in enumerate(arch.stages):
             blocks = []
             for j, block in enumerate(stage_blocks(stage)):
                 ctx = BlockContext(arch.downsample, arch.zero_init_last, index, blocks_total)
-                blocks.append(get_block_type(block.type).build(ch, stage.width, stage.stride if j == 0 else 1,
-                                                               block, ctx))
-                ch = stage.width
+                co = widths[i][j]
+                blocks.append(get_block_type(block.type).build(ch, co, stage.stride if j == 0 else 1, block, ctx))
+                ch = co
                 index += 1
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
-        head = arch.head
+        head = dataclasses.replace(arch.head, conv_width=head_w)
         if head.conv_width:
             self.head_conv = conv_bn(ch, head.conv_width, 1, act=False)
             self.head_conv.append(nn.SiLU(inplace=True) if head.act == "silu" else nn.ReLU(inplace=True))
@@ -72,6 +75,9 @@ class Network(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
+        for m in self.modules():  # a block with its own init (rexnet's depthwise convs) overrides the generic one
+            if m is not self and callable(getattr(m, "init_weights", None)):
+                m.init_weights()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.head_conv(self.stages(self.stem(x)))

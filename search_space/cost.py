@@ -6,6 +6,7 @@ The same walk checks that the architecture can be built (widths divisible by gro
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from .blocks import BlockContext, get_block_type
@@ -39,6 +40,23 @@ def stage_blocks(stage: StageSpec) -> list:
 
 def block_path(i: int, stage: StageSpec, j: int) -> str:
     return f"model.stages.{i}.blocks.{j}" if stage.blocks is not None else f"model.stages.{i}.block"
+
+
+def model_widths(arch: ModelSpec) -> tuple[int, list[list[int]], int]:
+    """Stem width, the output width of every block (stage by stage) and the head conv width.
+
+    With ``widths.schedule: stage`` these are ``stem.width``, each stage's ``width`` and ``head.conv_width`` as
+    written; with ``linear`` they come from ReXNet's schedule over all blocks and its multiplier.
+    """
+    counts = [len(stage_blocks(s)) for s in arch.stages]
+    ws = arch.widths
+    if ws.schedule == "stage":
+        return arch.stem.width, [[s.width] * n for s, n in zip(arch.stages, counts)], arch.head.conv_width
+    flat, out = ws.block_widths(sum(counts)), []
+    for n in counts:
+        out.append(flat[:n])
+        flat = flat[n:]
+    return ws.stem_width(arch.stem.width), out, ws.head_width(arch.head.conv_width)
 
 
 def resolve_io(arch: ModelSpec, in_channels: int | None, num_classes: int | None) -> tuple[int, int]:
@@ -87,14 +105,16 @@ def architecture_cost(arch: ModelSpec, input_size: int | None = None, in_channel
     ci, nc = resolve_io(arch, in_channels, num_classes)
     size = input_size or arch.input_size
     c = Counter()
-    if arch.stem.type == "deep" and arch.stem.width % 2:
-        raise SpecError("model.stem.width", f"{arch.stem.width} must be even for the deep stem (it uses width/2)")
-    if size < STEM_STRIDES[arch.stem.type]:
-        raise SpecError("model.input_size", f"{size} is smaller than the {arch.stem.type} stem's stride "
-                                            f"{STEM_STRIDES[arch.stem.type]}")
-    h, w = stem_cost(c, arch.stem, ci, size, size)
-    rows = [StageCost("stem", 1, arch.stem.width, [arch.stem.type], c.params, c.macs, (arch.stem.width, h, w))]
-    ch = arch.stem.width
+    stem_w, widths, head_w = model_widths(arch)
+    stem = dataclasses.replace(arch.stem, width=stem_w)
+    if stem.type == "deep" and stem.width % 2:
+        raise SpecError("model.stem.width", f"{stem.width} must be even for the deep stem (it uses width/2)")
+    if size < STEM_STRIDES[stem.type]:
+        raise SpecError("model.input_size", f"{size} is smaller than the {stem.type} stem's stride "
+                                            f"{STEM_STRIDES[stem.type]}")
+    h, w = stem_cost(c, stem, ci, size, size)
+    rows = [StageCost("stem", 1, stem.width, [stem.type], c.params, c.macs, (stem.width, h, w))]
+    ch = stem.width
     all_blocks = [b for s in arch.stages for b in stage_blocks(s)]
     index = 0
     for i, stage in enumerate(arch.stages):
@@ -107,17 +127,18 @@ def architecture_cost(arch: ModelSpec, input_size: int | None = None, in_channel
             stride = stage.stride if j == 0 else 1
             ctx = BlockContext(arch.downsample, arch.zero_init_last, index, len(all_blocks))
             kind = get_block_type(block.type)
-            problem = kind.check(ch, stage.width, stride, block, ctx)
+            co = widths[i][j]
+            problem = kind.check(ch, co, stride, block, ctx)
             if problem:
                 key, reason = problem
                 raise SpecError(f"{block_path(i, stage, j)}.{key}", reason)
-            h, w = kind.cost(c, ch, stage.width, stride, block, ctx, h, w)
-            ch = stage.width
+            h, w = kind.cost(c, ch, co, stride, block, ctx, h, w)
+            ch = co
             index += 1
         rows.append(StageCost(f"stage {i}", len(blocks), ch, [b.type for b in blocks],
                               c.params - before.params, c.macs - before.macs, (ch, h, w)))
     before = Counter(c.params, c.macs)
-    head_cost(c, arch.head, ch, nc, h, w)
+    head_cost(c, dataclasses.replace(arch.head, conv_width=head_w), ch, nc, h, w)
     rows.append(StageCost("head", 1, nc, ["linear"], c.params - before.params, c.macs - before.macs, (nc, 1, 1)))
     return Cost(c.params, c.macs, (ci, size, size), rows)
 

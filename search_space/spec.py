@@ -51,23 +51,64 @@ class StemSpec:
     type: Literal["conv7", "deep", "cifar", "rexnet"] = field(
         "conv7", doc="conv7: 7x7/2 + maxpool; deep: three 3x3 (width/2, width/2, width) + maxpool; "
         "cifar: one 3x3/1, no pool (8-64 px inputs); rexnet: 3x3/2 + SiLU")
-    width: int = field(64, min=1, doc="stem output channels")
+    width: int = field(64, min=1, doc="stem output channels (with a linear `model.widths` schedule: at multiplier 1, "
+                                      "scaled as ReXNet does, round(width * max(multiplier, 1)))")
 
 
 @dataclass
 class HeadSpec:
     dropout: float = field(0.0, min=0.0, max=1.0, doc="dropout before the classifier")
-    conv_width: int = field(0, min=0, doc="1x1 conv + BN + act to this width before pooling (0: none; ReXNet 1280)")
+    conv_width: int = field(0, min=0, doc="1x1 conv + BN + act to this width before pooling (0: none; ReXNet 1280); "
+                                          "with a linear `model.widths` schedule it scales: int(conv_width * multiplier + 0.5)")
     act: Literal["relu", "silu"] = field("relu", doc="activation of the head conv")
 
 
 @dataclass
 class StageSpec:
     depth: int = field(1, min=1, max=64, doc="number of blocks")
-    width: int = field(64, min=1, doc="output channels of every block of the stage")
+    width: int = field(64, min=1, doc="output channels of every block of the stage (not written when "
+                                      "`model.widths.schedule` is linear: the schedule sets every block's width)")
     stride: Literal[1, 2] = field(1, doc="stride of the first block")
     block: BlockSpec = field(default_factory=BlockSpec, doc="settings each block draws from")
     blocks: Optional[list[BlockSpec]] = field(None, doc="per-position blocks; override `block` key by key")
+
+
+@dataclass
+class WidthSpec:
+    """How output widths are assigned: per stage (ResNet family) or by ReXNet's linear schedule over all blocks."""
+
+    schedule: Literal["stage", "linear"] = field(
+        "stage", doc="stage: every block has its stage's `width`; linear: block widths grow linearly over all the "
+        "network's blocks (ReXNet) and stages leave `width` out")
+    start: int = field(16, min=1, doc="linear: width of the first block at multiplier 1 (ReXNet: 16)")
+    growth: float = field(180.0, min=0.0, doc="linear: channels added over all n blocks at multiplier 1, block i "
+                          "(0-based) gets start + i * growth / n (ReXNet: 180, so widths 16..185 over 16 blocks)")
+    multiplier: float = field(1.0, min=0.1, max=10.0, doc="linear: width multiplier, width_i = round((start + i * "
+                              "growth / n) * multiplier) with Python's round (half to even); below 1 the start is "
+                              "kept and only the growth shrinks (as in ReXNet); stem and head widths scale too")
+
+    def block_widths(self, n: int) -> list[int]:
+        """Output widths of ``n`` blocks, computed the way ReXNet's reference ``_block_cfg`` does (divisor 1)."""
+        from .blocks.layers import make_divisible
+
+        m = self.multiplier
+        base = self.start / m if m < 1.0 else self.start
+        out = []
+        for _ in range(n):
+            out.append(make_divisible(round(base * m), 1))
+            base += self.growth / (n * 1.0)
+        return out
+
+    def stem_width(self, width: int) -> int:
+        from .blocks.layers import make_divisible
+
+        m = self.multiplier
+        return make_divisible(round((width / m if m < 1.0 else width) * m), 1)
+
+    def head_width(self, width: int) -> int:
+        from .blocks.layers import make_divisible
+
+        return make_divisible(width * self.multiplier, 1) if width else 0
 
 
 @dataclass
@@ -76,6 +117,8 @@ class ModelSpec:
     num_classes: Optional[int] = field(None, min=1, doc="classes; null: from the dataset (1000 for compile)")
     input_size: int = field(224, min=1, doc="input height = width the cost model, budgets and checks use")
     stem: StemSpec = field(default_factory=StemSpec, doc="the stem")
+    widths: WidthSpec = field(default_factory=WidthSpec, doc="where block widths come from: each stage's `width` "
+                              "(default) or a linear schedule over all blocks (ReXNet)")
     downsample: Literal["conv", "avg"] = field("conv", doc="shortcut when shape changes: 1x1 conv+BN, or "
                                                "avgpool+1x1 conv+BN (ResNet-D)")
     zero_init_last: bool = field(True, doc="zero-init the last BN gamma of each residual block (not SK)")
@@ -220,7 +263,27 @@ def _parse_model(raw: Any, path: str, allow_choices: bool) -> ModelSpec:
 
     if not isinstance(raw, dict) or "stages" not in raw:
         raise SpecError(path, "the model needs a 'stages' list")
-    return parse_dataclass(ModelSpec, raw, path, allow_choices, special={"stages": parse_stages})
+    model = parse_dataclass(ModelSpec, raw, path, allow_choices, special={"stages": parse_stages})
+    _check_widths(model, raw, path)
+    return model
+
+
+def _check_widths(model: ModelSpec, raw: dict, path: str) -> None:
+    """The width schedule is fixed; its keys need schedule linear, and then stages leave `width` out."""
+    given = raw.get("widths") or {}
+    schedule = model.widths.schedule
+    if is_choice(schedule):
+        raise SpecError(f"{path}.widths.schedule", "must be a fixed value (stage or linear), not a choice")
+    if schedule == "stage":
+        for key in given:
+            if key != "schedule":
+                raise SpecError(f"{path}.widths.{key}", "applies only with schedule: linear (the default 'stage' "
+                                                       "takes each stage's width)")
+        return
+    for i, stage in enumerate(raw["stages"]):
+        if "width" in stage:
+            raise SpecError(f"{path}.stages.{i}.width", "is set by the linear width schedule (model.widths); "
+                                                       "remove it, or use widths: {schedule: stage}")
 
 
 def parse_spec(data: Any, source: str = "spec") -> Spec:
@@ -297,10 +360,15 @@ def block_to_yaml(block: BlockSpec) -> dict:
 
 def model_to_yaml(model: ModelSpec) -> dict:
     out = to_yaml(model)
+    scheduled = model.widths.schedule != "stage"
+    if not scheduled:
+        del out["widths"]
     out["stages"] = []
     for stage in model.stages:
         s: dict[str, Any] = {"depth": to_yaml(stage.depth), "width": to_yaml(stage.width),
                              "stride": to_yaml(stage.stride)}
+        if scheduled:
+            del s["width"]
         if stage.blocks is not None and all(b == stage.blocks[0] for b in stage.blocks) and not choices_in(stage):
             s["block"] = block_to_yaml(stage.blocks[0])
         elif stage.blocks is not None:
