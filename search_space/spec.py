@@ -261,8 +261,10 @@ def _parse_model(raw: Any, path: str, allow_choices: bool) -> ModelSpec:
             raise SpecError(p, f"{value!r} is not a non-empty list of stages")
         return [_parse_stage(s, f"{p}.{i}", allow_choices) for i, s in enumerate(value)]
 
-    if not isinstance(raw, dict) or "stages" not in raw:
-        raise SpecError(path, "the model needs a 'stages' list")
+    if not isinstance(raw, dict):
+        raise SpecError(path, f"{raw!r} is not a mapping; the model needs at least a 'stages' list")
+    if "stages" not in raw:
+        raise SpecError(f"{path}.stages", "missing; the model needs a 'stages' list")
     model = parse_dataclass(ModelSpec, raw, path, allow_choices, special={"stages": parse_stages})
     _check_widths(model, raw, path)
     return model

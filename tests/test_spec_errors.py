@@ -54,7 +54,7 @@ CASES = [
     ("top_is_list", "- 1\n- 2\n", "", ["top level must be a mapping"]),
     ("top_is_scalar", "just words\n", "", ["top level must be a mapping"]),
     ("missing_model", "name: x\ntrain: {epochs: 2}\n", "model", ["missing"]),
-    ("missing_stages", "name: x\nmodel: {stem: {type: cifar}}\n", "model", ["stages"]),
+    ("missing_stages", "name: x\nmodel: {stem: {type: cifar}}\n", "model.stages", ["missing"]),
     ("empty_stages", "name: x\nmodel: {stages: []}\n", "model.stages", ["[]", "non-empty"]),
     ("stages_not_list", "name: x\nmodel: {stages: {depth: 1}}\n", "model.stages", ["{'depth': 1}"]),
     # -- unknown keys at every level, with "did you mean" ----------------------------------------------------
