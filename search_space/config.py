@@ -22,7 +22,8 @@ class TrainConfig:
     image_size: Optional[int] = field(None, min=1, doc="train at this size; null: the model's input_size")
     val_fraction: float = field(0.15, min=0.01, max=0.9, doc="share of the training data held out for validation")
     test_fraction: float = field(0.2, min=0.01, max=0.9,
-                                 doc="share held out as test split where the dataset has none (digits, imagefolder)")
+                                 doc="share held out as test split where the dataset has none (digits, synthetic, "
+                                 "imagefolder without train/ and test/ folders); its seed is fixed, not train.seed")
     train_fraction: float = field(1.0, min=0.01, max=1.0, doc="fidelity: share of the training rows used")
     epochs: int = field(8, min=1, doc="training epochs")
     time_budget: Optional[float] = field(None, min=0.0, doc="stop training after this many seconds")
@@ -32,10 +33,13 @@ class TrainConfig:
     momentum: float = field(0.9, min=0.0, max=1.0, doc="SGD momentum")
     weight_decay: float = field(5e-4, min=0.0, doc="weight decay (not applied to BN and biases)")
     label_smoothing: float = field(0.1, min=0.0, max=1.0, doc="label smoothing of the cross-entropy")
-    schedule: Literal["cosine", "onecycle", "constant"] = field("cosine", doc="decay after warmup")
+    schedule: Literal["cosine", "onecycle", "constant"] = field(
+        "cosine", doc="per-step decay after warmup: cosine to zero, onecycle (linear to zero) or constant")
     warmup_epochs: float = field(1.0, min=0.0, doc="linear warmup length in epochs")
-    crop_padding: Optional[int] = field(None, min=0, doc="random-crop padding in pixels; null: size/8")
-    flip: Optional[bool] = field(None, doc="random horizontal flips; null: on for cifar/imagefolder, off for digits")
+    crop_padding: Optional[int] = field(None, min=0, doc="random-crop padding in pixels (reflected); "
+                                        "null: size // 8, at least 1; 0: no crop")
+    flip: Optional[bool] = field(None, doc="random horizontal flips; null: on for cifar/imagefolder, off for "
+                                 "digits and synthetic")
     amp: Literal["auto", "bf16", "fp16", "off"] = field("auto", doc="autocast; auto: bf16 on CUDA, off elsewhere")
     channels_last: Optional[bool] = field(None, doc="channels_last memory format; null: on for CUDA")
     compile: bool = field(False, doc="wrap the model in torch.compile")
@@ -48,15 +52,32 @@ class TrainConfig:
 
 @dataclass
 class SearchConfig:
-    trials: int = field(24, min=1, doc="trials in the study (completed, pruned and failed ones count)")
+    trials: int = field(24, min=1, doc="trials in the study (completed, pruned and failed ones count; a rerun or "
+                                       "another worker continues until the study holds this many)")
     timeout: Optional[float] = field(None, min=0.0, doc="stop starting new trials after this many seconds")
-    sampler: Literal["tpe", "random", "gp", "nsga2"] = field("tpe", doc="Optuna sampler")
-    pruner: Literal["hyperband", "median", "successive_halving", "none"] = field("hyperband", doc="Optuna pruner")
+    sampler: Literal["tpe", "random", "gp", "nsga2"] = field(
+        "tpe", doc="Optuna sampler: tpe (multivariate, grouped; constant liar with parallel workers), random, "
+        "gp (Gaussian process), nsga2 (for several objectives)")
+    startup_trials: Optional[int] = field(
+        None, min=0, doc="random trials before tpe/gp model the results (nsga2: population size); "
+        "null: trials // 4, between 3 and 10")
+    pruner: Literal["hyperband", "median", "successive_halving", "none"] = field(
+        "hyperband", doc="stops weak trials early on their per-epoch validation accuracy (single objective only)")
+    pruner_min_epochs: int = field(1, min=1, doc="epochs every trial trains before it may be pruned")
+    pruner_startup_trials: int = field(4, min=0, doc="median: trials that finish before pruning begins")
     objectives: list[Literal["val_accuracy", "params", "macs", "latency"]] = field(
-        default_factory=lambda: ["val_accuracy"], doc="maximise val_accuracy, minimise the others")
+        default_factory=lambda: ["val_accuracy"], doc="maximise val_accuracy, minimise the others (latency: ms per "
+        "image of the trained model, batch 1, eval mode); several give a Pareto front")
     max_params: Optional[float] = field(None, min=0.0, doc="budget: reject samples with more parameters")
     max_macs: Optional[float] = field(None, min=0.0, doc="budget: reject samples with more MACs at input_size")
-    storage: Optional[str] = field(None, doc="Optuna storage URL; null: sqlite file in the run directory")
+    storage: Optional[str] = field(None, doc="Optuna storage URL (sqlite:///..., postgresql://..., journal:PATH or "
+                                             "a .log path); null: sqlite file study.db in the run directory")
     study_name: Optional[str] = field(None, doc="Optuna study name; null: the spec's name")
     seed: int = field(0, doc="sampler seed")
-    warm_start: list[str] = field(default_factory=list, doc="architecture YAML files (relative to the spec) to try first")
+    workers: int = field(1, min=1, doc="local worker processes sharing the study (needs a storage other than "
+                                       "SQLite)")
+    final_epochs: Optional[int] = field(None, min=1, doc="at the end, train the best architecture this many "
+                                                         "epochs and score it once on the test split; null: skip")
+    top: int = field(10, min=1, doc="rows of the results table")
+    warm_start: list[str] = field(default_factory=list, doc="architecture YAML files (relative to the spec) to try "
+                                  "first; one outside the space is trained as written, at the run's input size")

@@ -151,3 +151,64 @@ def sample(spec: Spec, suggest: Suggest, check: bool = True) -> Spec:
         except SpecError as e:
             raise InfeasibleSample(e.path, e.message) from None
     return out
+
+
+class OutsideSpace(SpecError):
+    """A fixed architecture asked for a value its space does not offer (so it cannot be enqueued as params)."""
+
+
+class ArchSuggester:
+    """Answers each suggest call with the value a fixed spec has at that path (``stages.1.blocks.2.type`` reads
+    ``model.stages[1].blocks[2].type``, ``train.lr`` reads ``train.lr``), so a known architecture becomes the
+    params of a space that a study can enqueue (``params`` records them). Raises :class:`OutsideSpace` when the
+    value is not one the choice allows."""
+
+    def __init__(self, arch: Spec):
+        self.arch = arch
+        self.params: dict[str, Any] = {}
+
+    def _lookup(self, name: str) -> Any:
+        parts = name.split(".")
+        node: Any = self.arch.train if parts[0] == "train" else self.arch.model
+        for part in parts[1:] if parts[0] == "train" else parts:
+            try:
+                node = node[int(part)] if part.isdigit() else getattr(node, part)
+            except (IndexError, AttributeError, TypeError):
+                raise OutsideSpace(name, "the architecture has no value here (fewer stages or blocks?)") from None
+        if is_choice(node):
+            raise OutsideSpace(name, "is a choice in the architecture; it must be a fixed spec")
+        return node
+
+    def _answer(self, name: str, value: Any, ok: bool, allowed: str) -> Any:
+        if not ok:
+            raise OutsideSpace(name, f"{value!r} is not among the space's values ({allowed})")
+        self.params[name] = value
+        return value
+
+    def suggest_categorical(self, name, choices):
+        value = self._lookup(name)
+        ok = any(type(value) is type(c) and value == c for c in choices)  # 1 is not True
+        return self._answer(name, value, ok, ", ".join(map(repr, choices)))
+
+    def suggest_int(self, name, low, high, step=1, log=False):
+        value = self._lookup(name)
+        ok = (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+              and (value - low) % step == 0)
+        return self._answer(name, value, ok, f"{low}..{high} step {step}")
+
+    def suggest_float(self, name, low, high, step=None, log=False):
+        value = self._lookup(name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+        return self._answer(name, float(value) if ok else value, ok, f"{low}..{high}")
+
+
+def params_for(space: Spec, arch: Spec) -> dict[str, Any]:
+    """The params under which ``sample(space, ...)`` gives ``arch``'s model (input channels, classes and input
+    size aside: the run decides those); raises :class:`OutsideSpace` when the architecture is not in the space."""
+    suggester = ArchSuggester(arch)
+    drawn = sample(space, suggester, check=False).model
+    same_io = dataclasses.replace(arch.model, in_channels=drawn.in_channels, num_classes=drawn.num_classes,
+                                  input_size=drawn.input_size)
+    if drawn != same_io:
+        raise OutsideSpace("model", "the architecture differs from every sample of the space in a fixed value")
+    return suggester.params

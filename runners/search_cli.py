@@ -1,0 +1,99 @@
+"""``search run SPACE.yaml`` and ``search show RUN``: the command-line face of :mod:`runners.search`.
+
+Flags override the spec's ``train:`` and ``search:`` values and are checked by the same validator as the spec,
+so ``--trials 0`` fails the way ``trials: 0`` would (exit 2, one line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from search_space.config import SearchConfig, TrainConfig
+from search_space.schema import SpecError, check_value, hints
+
+# flag dest -> (section, field)
+OVERRIDES = {
+    "trials": ("search", "trials"), "timeout": ("search", "timeout"), "storage": ("search", "storage"),
+    "study_name": ("search", "study_name"), "sampler": ("search", "sampler"), "pruner": ("search", "pruner"),
+    "seed": ("search", "seed"), "final_epochs": ("search", "final_epochs"), "workers": ("search", "workers"),
+    "objectives": ("search", "objectives"), "epochs": ("train", "epochs"), "dataset": ("train", "dataset"),
+    "data_dir": ("train", "data_dir"), "device": ("train", "device"),
+}
+
+
+def apply_overrides(spec, args):
+    """The spec with the flags given on the command line written into its ``train``/``search`` sections."""
+    sections = {"train": spec.train, "search": spec.search}
+    for dest, (section, name) in OVERRIDES.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        obj = sections[section]
+        f = next(f for f in dataclasses.fields(obj) if f.name == name)
+        flag = "--" + dest.replace("_", "-")
+        value = check_value(value, hints(type(obj))[name], flag, dict(f.metadata))
+        sections[section] = dataclasses.replace(obj, **{name: value})
+    return dataclasses.replace(spec, train=sections["train"], search=sections["search"])
+
+
+def cmd_run(args) -> int:
+    from search_space.spec import load_spec
+
+    from .search import run_search
+
+    spec = apply_overrides(load_spec(args.space), args)
+    if args.threads is not None and args.threads < 1:
+        raise SpecError("--threads", f"{args.threads} must be at least 1")
+    out = Path(args.out) if args.out else Path("runs") / spec.name
+    try:
+        summary = run_search(spec, out, spec_path=str(args.space), threads=args.threads)
+    except KeyboardInterrupt:
+        print(f"interrupted; rerun the same command to resume (finished trials are kept in {out})", file=sys.stderr)
+        return 130
+    return 0 if summary.get("best_trial") is not None else 1
+
+
+def cmd_show(args) -> int:
+    from .search import show
+
+    print(show(args.run, top=args.top))
+    return 0
+
+
+def _objectives(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="run (or resume, or join) an Optuna search over a space",
+                       description="Run an Optuna study over SPACE.yaml. Rerunning the same command resumes it; "
+                                   "the same command in several processes on a shared storage shares the trials.")
+    p.add_argument("space", help="the search space (a spec YAML file)")
+    g = p.add_argument_group("search (override the spec's search: section)")
+    g.add_argument("--trials", type=int, help="trials in the study (completed, pruned and failed ones count)")
+    g.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    g.add_argument("--sampler", choices=hints(SearchConfig)["sampler"].__args__)
+    g.add_argument("--pruner", choices=hints(SearchConfig)["pruner"].__args__)
+    g.add_argument("--objectives", type=_objectives, help="comma-separated: val_accuracy, params, macs, latency")
+    g.add_argument("--seed", type=int, help="sampler seed")
+    g.add_argument("--storage", help="Optuna storage URL: sqlite:///F.db, postgresql://..., journal:F.log, F.log "
+                                     "(default: sqlite file study.db in the run directory)")
+    g.add_argument("--study-name", help="study name (default: the spec's name)")
+    g.add_argument("--workers", type=int, help="local worker processes sharing the study (not with SQLite)")
+    g.add_argument("--final-epochs", type=int, help="train the best this many epochs at the end, scored on the test "
+                                                     "split")
+    g.add_argument("--out", help="run directory (default: runs/<name>/)")
+    g.add_argument("--threads", type=int, help="torch threads per worker on the CPU (default: the idle cores)")
+    g = p.add_argument_group("training (override the spec's train: section)")
+    g.add_argument("--epochs", type=int, help="training epochs per trial")
+    g.add_argument("--dataset", choices=hints(TrainConfig)["dataset"].__args__)
+    g.add_argument("--data-dir", help="directory of the dataset files")
+    g.add_argument("--device", choices=hints(TrainConfig)["device"].__args__)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("show", help="print the results table of a finished or running search")
+    p.add_argument("run", help="run directory (runs/<name>/) or the spec that made it")
+    p.add_argument("--top", type=int, help="rows (default: the run's search.top)")
+    p.set_defaults(func=cmd_show)

@@ -1,0 +1,352 @@
+"""`search run` / `search show`: the Optuna backend really trains, prunes, rejects, fails, resumes and shares.
+
+Every search here uses a tiny inline space on the digits data at 8x8 with one or two epochs, and one torch thread
+(a loaded CI machine with several threads per process is many times slower, not faster).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from runners.progress import Progress
+from runners.search import run_search, trial_counts
+from search_space.cli import main
+from search_space.sampling import FixedSuggester, OutsideSpace, RandomSuggester, params_for, sample
+from search_space.spec import dump_spec, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+TINY = """
+name: tiny
+model:
+  input_size: 8
+  stem: {type: cifar, width: 8}
+  stages:
+    - depth: {int: [1, 2]}
+      width: {choice: [8, 16]}
+      block: {type: {choice: [plain, se, split_attention]}, bottleneck_ratio: 0.5, radix: 2}
+train: {dataset: digits, epochs: 2, batch_size: 64, warmup_epochs: 0, lr: {float: [0.1, 0.3], log: true}}
+search: {trials: 4, sampler: random, pruner: none}
+"""
+
+# Only the learning rate is searched: for trials whose outcome must not depend on the sampled architecture.
+LR_ONLY = """
+name: tiny
+model:
+  input_size: 8
+  stem: {type: cifar, width: 8}
+  stages:
+    - {depth: 1, width: 16, block: {type: plain, bottleneck: false}}
+train: {dataset: digits, epochs: 2, batch_size: 64, warmup_epochs: 0, lr: {choice: [0.3, 0.0, 1.0e6]}}
+search: {trials: 2, sampler: random, pruner: none}
+"""
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_space(tmp_path: Path, text: str = TINY, **changes) -> Path:
+    data = yaml.safe_load(textwrap.dedent(text))
+    for key, value in changes.items():
+        section, name = key.split("__")
+        data[section][name] = value
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run(path: Path, out: Path) -> tuple[dict, str]:
+    stream = io.StringIO()
+    summary = run_search(load_spec(path), out, spec_path=str(path), progress=Progress(stream=stream, tty=False))
+    return summary, stream.getvalue()
+
+
+def load(out: Path, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def test_run_writes_trials_table_and_best(tmp_path, capsys):
+    out = tmp_path / "run"
+    summary, log = run(write_space(tmp_path), out)
+    study = load(out)
+    assert trial_counts(study).done == 4 and summary["best_trial"] is not None
+    for t in study.trials:
+        assert t.state == TrialState.COMPLETE and t.user_attrs["epochs"] == 2
+        metrics = json.loads((out / "trials" / str(t.number) / "metrics.json").read_text())
+        assert metrics["val_accuracy"] == pytest.approx(t.values[0])
+        assert metrics["state"] == "complete" and len(metrics["history"]) == 2
+        assert load_spec(out / "trials" / str(t.number) / "arch.yaml").is_fixed()
+        assert f"trial {t.number:>3} complete" in log
+    best = load_spec(out / "best.yaml")
+    assert best.is_fixed() and best.train.lr == study.best_trial.params["train.lr"]
+    assert main(["compile", str(out / "best.yaml"), "--in-channels", "1", "--num-classes", "10"]) == 0
+    table = capsys.readouterr().out
+    assert "rank" in table and "blocks (per stage)" in table
+
+    assert main(["show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "4/4 trials: 4 complete" in shown and f"  {study.best_trial.number}  " in shown
+
+
+def test_rerun_resumes_and_counts_finished_trials(tmp_path):
+    path, out = write_space(tmp_path, search__trials=2), tmp_path / "run"
+    run(path, out)
+    first = {t.number: t.values for t in load(out).trials}
+    path = write_space(tmp_path, search__trials=3)
+    _, log = run(path, out)
+    study = load(out)
+    assert len(study.trials) == 3 and "resuming: 2 of 3 trials done" in log
+    assert {t.number: t.values for t in study.trials if t.number in first} == first
+
+
+def test_pruning_stops_weak_trials_early(tmp_path):
+    # lr 0 cannot learn: behind the first (learning) trial after epoch 1, the median pruner stops it there.
+    path, out = write_space(tmp_path, LR_ONLY, search__pruner="median", search__pruner_startup_trials=1,
+                            search__trials=3, train__epochs=3), tmp_path / "run"
+    out.mkdir()
+    study = optuna.create_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}", direction="maximize")
+    for lr in (0.3, 0.0, 0.0):
+        study.enqueue_trial({"train.lr": lr})
+    _, log = run(path, out)
+    trials = load(out).trials
+    assert trials[0].state == TrialState.COMPLETE and trials[0].user_attrs["epochs"] == 3
+    for t in trials[1:]:
+        assert t.state == TrialState.PRUNED and t.user_attrs["epochs"] < 3, t.user_attrs
+        assert t.user_attrs["status"] == "pruned" and "pruned by median after epoch 1" in t.user_attrs["reason"]
+    assert "pruned" in log
+
+
+def test_budget_rejects_samples_without_training(tmp_path):
+    path, out = write_space(tmp_path, search__max_params=500, search__trials=5), tmp_path / "run"
+    start = time.perf_counter()
+    summary, log = run(path, out)
+    assert time.perf_counter() - start < 15  # no training: milliseconds per trial, plus loading the data once
+    study = load(out)
+    assert summary["best_trial"] is None and len(study.trials) == 5
+    for t in study.trials:
+        assert t.state == TrialState.PRUNED and t.user_attrs["status"] == "over_budget"
+        assert t.user_attrs["epochs"] == 0 and t.user_attrs["seconds"] < 0.5
+        assert "max_params 500" in t.user_attrs["reason"] and t.constraints["max_params"] > 0
+        assert "history" not in json.loads((out / "trials" / str(t.number) / "metrics.json").read_text())
+
+
+def test_infeasible_sample_ends_at_once(tmp_path):
+    # radix 2 with cardinality 3 on a 4-wide mid: the cost model rejects it before anything is built.
+    space = TINY.replace("radix: 2}", "radix: 2, cardinality: 3}").replace(
+        "type: {choice: [plain, se, split_attention]}", "type: split_attention")
+    path, out = write_space(tmp_path, space, search__trials=2), tmp_path / "run"
+    run(path, out)
+    for t in load(out).trials:
+        assert t.state == TrialState.PRUNED and t.user_attrs["status"] == "infeasible"
+        assert t.user_attrs["seconds"] < 0.5 and "does not divide" in t.user_attrs["reason"]
+
+
+def test_failing_trial_is_recorded_and_search_goes_on(tmp_path):
+    path, out = write_space(tmp_path, LR_ONLY), tmp_path / "run"
+    out.mkdir()
+    study = optuna.create_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}", direction="maximize")
+    study.enqueue_trial({"train.lr": 1.0e6})
+    study.enqueue_trial({"train.lr": 0.3})
+    summary, log = run(path, out)
+    failed, ok = load(out).trials
+    assert failed.state == TrialState.FAIL and failed.user_attrs["status"] == "diverged"
+    assert "nan" in failed.user_attrs["reason"] and "diverged" in log
+    assert ok.state == TrialState.COMPLETE and summary["best_trial"] == ok.number
+
+
+def test_sqlite_refuses_several_workers(tmp_path, capsys):
+    assert main(["run", str(write_space(tmp_path)), "--workers", "2", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "SQLite" in err and "journal:" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_flag_value_exits_2(tmp_path, capsys):
+    assert main(["run", str(write_space(tmp_path)), "--trials", "0", "--out", str(tmp_path / "run")]) == 2
+    assert "--trials" in capsys.readouterr().err
+
+
+def test_multi_objective_gives_a_pareto_set(tmp_path):
+    path, out = write_space(tmp_path, search__objectives=["val_accuracy", "params"], search__pruner="median",
+                            train__epochs=1, search__sampler="nsga2"), tmp_path / "run"
+    summary, log = run(path, out)
+    study = load(out)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    front = {t.number for t in study.best_trials}
+    assert front and sorted(front) == summary["pareto"]
+    assert sorted(p.name for p in (out / "pareto").iterdir()) == sorted(f"trial_{n}.yaml" for n in front)
+    assert "pruning works on one objective only" in log
+
+
+@pytest.mark.parametrize("sampler,pruner", [("tpe", "hyperband"), ("gp", "successive_halving")])
+def test_model_based_samplers_run(tmp_path, sampler, pruner):
+    path, out = write_space(tmp_path, search__sampler=sampler, search__pruner=pruner, search__startup_trials=2,
+                            train__epochs=1), tmp_path / "run"
+    run(path, out)
+    assert trial_counts(load(out)).done == 4
+
+
+def test_latency_objective_is_measured(tmp_path):
+    path, out = write_space(tmp_path, search__objectives=["latency"], search__trials=2, train__epochs=1), \
+        tmp_path / "run"
+    run(path, out)
+    for t in load(out).trials:
+        assert t.values[0] == t.user_attrs["latency_ms"] > 0
+
+
+def test_warm_start_runs_listed_architectures_first(tmp_path):
+    space = load_spec(write_space(tmp_path))
+    inside = sample(space, RandomSuggester(3))
+    (tmp_path / "inside.yaml").write_text(dump_spec(inside))
+    outside = textwrap.dedent("""
+        name: outside
+        model:
+          input_size: 32
+          stem: {type: cifar, width: 12}
+          stages: [{depth: 1, width: 24, block: {type: plain, bottleneck: false}}]
+        """)
+    (tmp_path / "outside.yaml").write_text(outside)
+    path = write_space(tmp_path, search__warm_start=["inside.yaml", "outside.yaml"], search__trials=3,
+                       train__epochs=1)
+    out = tmp_path / "run"
+    _, log = run(path, out)
+    first, second, _ = load(out).trials
+    assert first.user_attrs["warm_start"].endswith("inside.yaml") and first.user_attrs["in_space"]
+    assert first.params == params_for(space, inside)
+    assert load_spec(out / "trials/0/arch.yaml").model == inside.model
+    assert second.user_attrs["warm_start"].endswith("outside.yaml") and not second.user_attrs["in_space"]
+    got = load_spec(out / "trials/1/arch.yaml").model
+    assert got.stem.width == 12 and got.stages[0].width == 24 and got.input_size == 8  # trained at the run's size
+    assert "warm start inside.yaml" in log
+    run(path, out)  # a rerun does not enqueue them again
+    assert sum("warm_start" in t.user_attrs for t in load(out).trials) == 2
+
+
+def test_arch_suggester_round_trips_the_shipped_space():
+    space = load_spec(ROOT / "spaces" / "resnest.yaml")
+    for seed in range(10):
+        drawn = sample(space, RandomSuggester(seed), check=False)
+        again = load_spec(dump_spec(drawn))
+        assert sample(space, FixedSuggester(params_for(space, again)), check=False).model == drawn.model
+    with pytest.raises(OutsideSpace, match="stem.width"):
+        params_for(space, load_spec(ROOT / "spaces" / "zoo" / "resnet18.yaml"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Processes: kill -9 and resume, two workers on one journal file
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def command(path: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "search_space.cli", "run", str(path), "--out", str(out), *extra]
+
+
+def wait_for(predicate, timeout: float, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def test_sigkill_loses_no_completed_trial_and_rerun_retries_the_lost_one(tmp_path):
+    path, out = write_space(tmp_path, search__trials=4, train__epochs=10), tmp_path / "run"
+    proc = subprocess.Popen(command(path, out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    storage = f"sqlite:///{out / 'study.db'}"
+
+    def one_done_one_running():
+        try:
+            trials = optuna.load_study(study_name="tiny", storage=storage).trials
+        except Exception:  # noqa: BLE001 - not created yet
+            return False
+        states, last = [t.state for t in trials], trials[-1] if trials else None
+        # kill early in a trial (it runs >1 s), so it cannot finish between this look and the kill
+        return (TrialState.COMPLETE in states and last.state == TrialState.RUNNING and "worker_info" in last.user_attrs
+                and (datetime.now() - last.datetime_start).total_seconds() < 0.5)
+
+    try:
+        assert wait_for(one_done_one_running, 90, proc), proc.stderr.read().decode() if proc.poll() else "timeout"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    before = optuna.load_study(study_name="tiny", storage=storage).trials
+    completed = {t.number: t.values for t in before if t.state == TrialState.COMPLETE}
+    lost = [t.number for t in before if t.state == TrialState.RUNNING]
+    assert completed and len(lost) == 1
+
+    rerun = subprocess.run(command(path, out), env=ENV, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"trial {lost[0]:>3} lost" in rerun.stderr
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    after = {t.number: t for t in study.trials}
+    assert {n: after[n].values for n in completed} == completed  # nothing completed was lost or changed
+    killed = after[lost[0]]
+    assert killed.state == TrialState.FAIL and killed.user_attrs["status"] == "lost"
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == lost[0]]
+    # the retry keeps every choice the killed trial had made (it may have died while still sampling the rest)
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert killed.params.items() <= retried[0].params.items()
+    assert trial_counts(study).done == 4 and not [t for t in study.trials if not t.state.is_finished()]
+
+
+def test_two_workers_share_one_journal_study(tmp_path):
+    path, out = write_space(tmp_path, search__trials=8, train__epochs=6), tmp_path / "run"
+    args = command(path, out, "--storage", f"journal:{tmp_path / 'journal.log'}")
+    procs = [subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [p.communicate(timeout=180) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [r[1] for r in results]
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "journal.log")))
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    trials = study.trials
+    numbers = [t.number for t in trials]
+    # Two processes that both see 7 of 8 trials may each start one: a study can end workers - 1 over its count.
+    assert len(numbers) == len(set(numbers)) and 8 <= len(numbers) <= 9 and trial_counts(study).done == len(numbers)
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2 and workers == {f"{socket_host()}:{p.pid}" for p in procs}
+    for t in trials:  # every completed trial's files are there, and agree with the study
+        metrics = json.loads((out / "trials" / str(t.number) / "metrics.json").read_text())
+        assert metrics["values"]["val_accuracy"] == pytest.approx(t.values[0])
+
+
+def socket_host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+@pytest.mark.slow
+def test_shipped_resnest_search_with_its_defaults(tmp_path):
+    """The headline command end to end (a few minutes on a 2-core CPU): table, best.yaml that compiles."""
+    out = tmp_path / "resnest"
+    done = subprocess.run([sys.executable, "-m", "search_space.cli", "run", str(ROOT / "spaces" / "resnest.yaml"),
+                           "--out", str(out)], env=ENV, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "rank" in done.stdout and "20/20 trials" in done.stderr
+    assert main(["compile", str(out / "best.yaml"), "--in-channels", "1", "--num-classes", "10"]) == 0
+    assert json.loads((out / "run.json").read_text())["trials"] == 20
