@@ -632,22 +632,6 @@ def _worker_main(spec: Spec, out: str, index: int, threads: int) -> None:
         print(f"[worker {index}] error: {e}", flush=True)
 
 
-def cpu_threads(workers: int) -> int:
-    """Torch threads per worker on the CPU: the cores other processes leave idle, at least one.
-
-    Proxy models are small, so extra threads gain little on an idle machine (about 1.5x from 2 cores) while on a
-    busy one OpenMP's spinning threads stall each other: 2 threads on 2 loaded cores measured 5-10x slower
-    than 1.
-    """
-    cores = os.cpu_count() or 1
-    share = max(1, cores // workers)
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return share
-    return max(1, min(share, int(cores - busy + 0.5) // workers))
-
-
 def run_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress: Optional[Progress] = None,
                threads: Optional[int] = None) -> dict:
     """Run (or resume, or join) the study of ``spec``; write the results; return a summary dict.
@@ -662,6 +646,8 @@ def run_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress:
     study = run.open()
     search = spec.search
     if run.device.type == "cpu" or threads:
+        from runners.train import cpu_threads
+
         threads = threads or cpu_threads(search.workers)
         torch.set_num_threads(threads)
     else:

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from search_space.spec import choices_in, dump_spec, load_spec
 
     from .data import load_dataset
-    from .train import resolve_device, train
+    from .train import cpu_threads, resolve_device, train
 
     spec = load_spec(args.arch)
     if not spec.is_fixed():
@@ -60,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     config = apply_overrides(spec.train, args)
     out = Path(args.out) if args.out else Path("runs") / f"train-{spec.name}"
     device = resolve_device(config.device)
+    if device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(cpu_threads())  # the cores other processes leave idle (see cpu_threads)
     data = load_dataset(config, config.image_size or spec.model.input_size)
 
     progress = Progress()

@@ -273,7 +273,9 @@ def wait_for(predicate, timeout: float, proc=None):
 
 
 def test_sigkill_loses_no_completed_trial_and_rerun_retries_the_lost_one(tmp_path):
-    path, out = write_space(tmp_path, search__trials=4, train__epochs=10), tmp_path / "run"
+    # Trials of 30 epochs last several seconds, so a poll (which may take a while on a loaded machine) cannot
+    # miss the window and the trial cannot finish between the look and the kill.
+    path, out = write_space(tmp_path, search__trials=4, train__epochs=30), tmp_path / "run"
     proc = subprocess.Popen(command(path, out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     storage = f"sqlite:///{out / 'study.db'}"
 
@@ -285,7 +287,7 @@ def test_sigkill_loses_no_completed_trial_and_rerun_retries_the_lost_one(tmp_pat
         states, last = [t.state for t in trials], trials[-1] if trials else None
         # kill early in a trial (it runs >1 s), so it cannot finish between this look and the kill
         return (TrialState.COMPLETE in states and last.state == TrialState.RUNNING and "worker_info" in last.user_attrs
-                and (datetime.now() - last.datetime_start).total_seconds() < 0.5)
+                and (datetime.now() - last.datetime_start).total_seconds() < 1.5)
 
     try:
         assert wait_for(one_done_one_running, 90, proc), proc.stderr.read().decode() if proc.poll() else "timeout"

@@ -74,7 +74,7 @@ def _load() -> None:
 
 def block_type_names() -> list[str]:
     _load()
-    return list(_REGISTRY)
+    return sorted(_REGISTRY)  # not import order, which depends on who imported a block module first
 
 
 def get_block_type(name: str) -> BlockType:
