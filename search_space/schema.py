@@ -140,16 +140,6 @@ def parse_choice(raw: dict, path: str, check_value) -> Choice:
     return FloatRange(float(low), float(high), None if step is None else float(step), log)
 
 
-def choice_values(choice: Choice, limit: int = 64) -> list:
-    """The values a choice can take (ranges are represented by their ends and a few points between)."""
-    if isinstance(choice, Categorical):
-        return list(choice.options)
-    if isinstance(choice, IntRange):
-        vals = list(range(choice.low, choice.high + 1, choice.step))
-        return vals if len(vals) <= limit else [vals[0], vals[-1]]
-    return [choice.low, choice.high]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Values
 # ----------------------------------------------------------------------------------------------------------------

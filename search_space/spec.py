@@ -8,7 +8,6 @@ position and overrides ``block`` key by key.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,6 +393,3 @@ def dump_spec(spec: Spec) -> str:
     """YAML text for a spec; an architecture dumps to a file that loads back equal."""
     return yaml.safe_dump(spec_to_data(spec), sort_keys=False, default_flow_style=None, width=110)
 
-
-def fixed_copy(spec: Spec) -> Spec:
-    return copy.deepcopy(spec)
