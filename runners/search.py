@@ -787,8 +787,9 @@ def write_results(study: optuna.Study, spec: Spec, out: Path, progress: Progress
 
 def final_training(study: optuna.Study, spec: Spec, out: Path, number: int, epochs: int, run: SearchRun,
                    progress: Progress) -> Optional[dict]:
-    """Train the best architecture at full fidelity and score it once on the test split (``final/``)."""
-    from runners.train import train
+    """Train the best architecture at full fidelity and score it once on the test split (``final/``: arch.yaml,
+    weights.pt and metrics.json, as ``search train`` writes them)."""
+    from runners.train import save_run, train
 
     folder = out / "final"
     done = folder / "metrics.json"
@@ -813,10 +814,8 @@ def final_training(study: optuna.Study, spec: Spec, out: Path, number: int, epoc
 
     result = train(best.model, config, report=report, data=data, device=run.device, image_size=size,
                    evaluate_test=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "arch.yaml").write_text(dump_spec(best))
-    info = {"trial": number, "epochs_asked": epochs, **result.to_json()}
-    write_json(done, info)
+    save_run(folder, best, result, trial=number, epochs_asked=epochs)
+    info = json.loads(done.read_text())
     if result.ok:
         progress.line(f"final: trial {number} trained {result.epochs} epochs in {duration(result.seconds)}: val "
                       f"{result.val_accuracy:.4f}, test {result.test_accuracy:.4f} -> {folder}/")

@@ -113,6 +113,28 @@ def train(arch_or_model, config: TrainConfig, report: Optional[Report] = None, d
     return state.result()
 
 
+def save_run(out, spec, result: TrainResult, **extra) -> list[str]:
+    """Write what a training run produced into ``out``: ``arch.yaml`` (the spec as trained), ``weights.pt`` (a state
+    dict that ``torch.load(..., weights_only=True)`` reads; only when there is a model) and ``metrics.json``
+    (``extra`` keys, then the result). Returns the names written. ``search train`` and a search's final training
+    share it, so their outputs look alike."""
+    import json
+    from pathlib import Path
+
+    from search_space.spec import dump_spec
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = ["metrics.json", "arch.yaml"]
+    (out / "arch.yaml").write_text(dump_spec(spec), encoding="utf-8")
+    if result.model is not None:
+        torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, out / "weights.pt")
+        saved.insert(0, "weights.pt")
+    metrics = _finite({**extra, **result.to_json()})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return saved
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------------------

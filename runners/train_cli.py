@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import typing
 from pathlib import Path
 
@@ -48,10 +47,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """0: trained; 1: training failed (diverged, out of memory, model error); 130: interrupted.
     Bad input raises :class:`SpecError`, which the ``search`` command turns into exit code 2."""
-    from search_space.spec import choices_in, dump_spec, load_spec
+    from search_space.spec import choices_in, load_spec
 
     from .data import load_dataset
-    from .train import cpu_threads, resolve_device, train
+    from .train import cpu_threads, resolve_device, save_run, train
 
     spec = load_spec(args.arch)
     if not spec.is_fixed():
@@ -81,17 +80,8 @@ def run(args: argparse.Namespace) -> int:
                    on_step=on_step)
     progress.clear()
 
-    out.mkdir(parents=True, exist_ok=True)
-    saved = ["metrics.json", "arch.yaml"]
-    (out / "arch.yaml").write_text(dump_spec(dataclasses.replace(spec, train=config)), encoding="utf-8")
-    if result.model is not None:
-        import torch
-
-        torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, out / "weights.pt")
-        saved.insert(0, "weights.pt")
-    metrics = {"name": spec.name, "arch": str(args.arch), "dataset": data.summary(), "image_size": data.image_size,
-               **result.to_json(), "config": dataclasses.asdict(config)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    saved = save_run(out, dataclasses.replace(spec, train=config), result, name=spec.name, arch=str(args.arch),
+                     dataset=data.summary(), image_size=data.image_size, config=dataclasses.asdict(config))
 
     where = f"saved {', '.join(saved)} in {out}"
     if result.status in ("ok", "stopped"):

@@ -26,7 +26,6 @@ from .schema import (
     parse_choice,
     parse_dataclass,
     to_yaml,
-    unknown_key_error,
 )
 
 

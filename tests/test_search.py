@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from runners.progress import Progress
 from runners.search import run_search, trial_counts
 from search_space.cli import main
+from search_space.compiler import build_model
 from search_space.sampling import FixedSuggester, OutsideSpace, RandomSuggester, params_for, sample
 from search_space.spec import dump_spec, load_spec
 
@@ -352,3 +353,16 @@ def test_shipped_resnest_search_with_its_defaults(tmp_path):
     assert "rank" in done.stdout and "20/20 trials" in done.stderr
     assert main(["compile", str(out / "best.yaml"), "--in-channels", "1", "--num-classes", "10"]) == 0
     assert json.loads((out / "run.json").read_text())["trials"] == 20
+
+
+def test_final_training_scores_the_best_once_on_test_and_saves_it(tmp_path):
+    out = tmp_path / "run"
+    summary, log = run(write_space(tmp_path, search__final_epochs=2), out)
+    final = summary["final"]
+    assert final["trial"] == summary["best_trial"] and final["status"] == "ok" and final["epochs"] == 2
+    assert 0.0 <= final["test_accuracy"] <= 1.0 and "test" in log
+    state = torch.load(out / "final" / "weights.pt", weights_only=True)
+    model = build_model(load_spec(out / "final" / "arch.yaml").model, in_channels=1, num_classes=10)
+    model.load_state_dict(state)  # the saved weights fit the saved architecture
+    _, again = run(write_space(tmp_path, search__final_epochs=2), out)
+    assert "already trained" in again  # a rerun does not train (or test) it twice

@@ -6,7 +6,6 @@ import io
 import json
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
