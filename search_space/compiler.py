@@ -62,6 +62,7 @@ class Network(nn.Module):
         else:
             self.head_conv = nn.Identity()
         self.num_features = ch
+        self.max_pool = head.pool == "max"
         self.drop = nn.Dropout(head.dropout)
         self.fc = nn.Linear(ch, nc)
         self._init_weights()
@@ -83,7 +84,7 @@ class Network(nn.Module):
         return self.head_conv(self.stages(self.stem(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.drop(x.mean((2, 3)))
+        x = self.drop(x.amax((2, 3)) if self.max_pool else x.mean((2, 3)))
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,7 @@ class StemSpec:
 
 @dataclass
 class HeadSpec:
+    pool: Literal["avg", "max"] = field("avg", doc="global pooling of the last feature map")
     dropout: float = field(0.0, min=0.0, max=1.0, doc="dropout before the classifier")
     conv_width: int = field(0, min=0, doc="1x1 conv + BN + act to this width before pooling (0: none; ReXNet 1280); "
                                           "with a linear `model.widths` schedule it scales: int(conv_width * multiplier + 0.5)")

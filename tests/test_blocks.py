@@ -451,3 +451,21 @@ def test_timm_style_interface(small_model):
     with torch.no_grad():
         assert model(x).shape == (2, 5)
         torch.testing.assert_close(model.forward_features(x), feats)
+
+
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_head_pool(pool):
+    spec = load_spec(f"""
+name: pool
+model:
+  input_size: 8
+  stem: {{type: cifar, width: 8}}
+  stages: [{{depth: 1, width: 16, block: {{type: plain, bottleneck: false}}}}]
+  head: {{pool: {pool}}}
+""")
+    model = build_model(spec.model, in_channels=1, num_classes=3).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        expected = feats.amax((2, 3)) if pool == "max" else feats.mean((2, 3))
+        torch.testing.assert_close(model.forward_head(feats, pre_logits=True), expected)
