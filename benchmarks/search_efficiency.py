@@ -23,7 +23,8 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from runners.progress import Progress
-from runners.search import SearchRun, TrialFailed, cpu_threads
+from runners.optuna_engine import SearchRun, TrialFailed
+from runners.train import cpu_threads
 from search_space.spec import load_spec
 
 METHODS = {"tpe+hyperband": ("tpe", "hyperband"), "random, no pruning": ("random", "none")}

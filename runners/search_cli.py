@@ -1,4 +1,8 @@
-"""``search run SPACE.yaml`` and ``search show RUN``: the command-line face of :mod:`runners.search`.
+"""``search run SPACE.yaml`` and ``search show RUN``: the command line of the search engines.
+
+``search run`` picks the engine (``--backend`` or ``search.backend``): :mod:`runners.optuna_engine` (local
+processes, SQLite/journal/RDB storages) or :mod:`runners.ray_engine` (a Ray cluster); both evaluate candidates
+with :mod:`runners.trial` and write results with :mod:`runners.results`.
 
 Flags override the spec's ``train:`` and ``search:`` values and are checked by the same validator as the spec,
 so ``--trials 0`` fails the way ``trials: 0`` would (exit 2, one line).
@@ -41,7 +45,7 @@ def apply_overrides(spec, args):
 def cmd_run(args) -> int:
     from search_space.spec import load_spec
 
-    from .search import run_search
+    from .optuna_engine import run_search
 
     spec = apply_overrides(load_spec(args.space), args)
     if args.threads is not None and args.threads < 1:
@@ -56,7 +60,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .search import show
+    from .results import show
 
     print(show(args.run, top=args.top))
     return 0

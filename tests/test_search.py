@@ -24,7 +24,7 @@ import yaml
 from optuna.trial import TrialState
 
 from runners.progress import Progress
-from runners.search import run_search, trial_counts
+from runners.optuna_engine import run_search, trial_counts
 from search_space.cli import main
 from search_space.compiler import build_model
 from search_space.sampling import FixedSuggester, OutsideSpace, RandomSuggester, params_for, sample

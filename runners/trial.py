@@ -1,0 +1,308 @@
+"""One candidate, evaluated the same way whatever engine asked for it.
+
+The flow of a trial: sample the architecture through the suggest interface (an Optuna trial answers it, or the
+fixed parameters a Ray Tune searcher chose) -> feasibility and budgets from the analytic cost model (no module is
+built for a rejected candidate) -> train with a report after every epoch (the engine decides whether to stop)
+-> an :class:`Outcome`, written to ``trials/<number>/`` as ``arch.yaml`` and ``metrics.json``.
+
+An engine talks to the core through :class:`TrialHooks` (record an attribute, set a soft constraint, report an
+epoch and hear whether to stop) and turns the outcome into its own terms (a returned value, ``TrialPruned``, a
+failed trial, a final ``tune.report``). Nothing here imports Optuna or Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from search_space.config import SearchConfig
+from search_space.cost import architecture_cost, stage_blocks
+from search_space.sampling import resolve_dataclass, sample
+from search_space.schema import SpecError
+from search_space.spec import Spec, dump_spec, load_spec
+
+SHORT_TYPES = {"split_attention": "sa", "grouped": "grp", "res2net": "r2n", "rexnet": "rex"}
+MAXIMIZED = ("val_accuracy",)  # every other objective (params, macs, latency) is minimised
+
+
+def direction(objective: str) -> str:
+    return "maximize" if objective in MAXIMIZED else "minimize"
+
+
+@dataclass
+class Outcome:
+    """How a trial ended: ``state`` complete | pruned | failed; ``status`` says why (ok, infeasible, over_budget,
+    pruned, diverged, oom, error, interrupted); ``values`` are the objectives of a complete trial, in order."""
+
+    state: str
+    status: str
+    reason: str
+    values: Optional[list[float]] = None
+    info: dict = field(default_factory=dict)
+
+
+class TrialHooks:
+    """What the core asks of an engine while it evaluates one trial. The defaults do nothing."""
+
+    def set_attr(self, key: str, value: Any) -> None:
+        """Keep a fact about the trial where the engine keeps them (Optuna user attrs)."""
+
+    def constrain(self, key: str, value: float) -> None:
+        """A soft constraint for the sampler (<= 0: feasible)."""
+
+    def on_arch(self, number: int, arch_yaml: str) -> None:
+        """The sampled architecture, before training (Optuna writes it at once; Ray sends it with its reports)."""
+
+    def report(self, epoch: int, metrics: dict) -> bool:
+        """One finished epoch; True stops the training (a pruner's or scheduler's decision)."""
+        return False
+
+    def status(self, text: str) -> None:
+        """A transient progress line (the epoch the trial is in)."""
+
+    def params(self) -> dict:
+        """The choices sampled for this trial, by path."""
+        return {}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small pieces used by the core and by the engines
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def block_summary(model) -> str:
+    """Block types per stage, short: ``sa,sk|plain|se,se``."""
+    return "|".join(",".join(SHORT_TYPES.get(b.type, b.type) for b in stage_blocks(s)) for s in model.stages)
+
+
+def measure_latency_ms(model, channels: int, size: int, device, warmup: int = 3, runs: int = 10) -> float:
+    """Median milliseconds per image (batch 1, eval mode, after a few warm runs) on the run's device."""
+    import torch
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    model.eval()
+    x = torch.randn(1, channels, size, size, device=device)
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + runs):
+            sync()
+            t0 = time.perf_counter()
+            model(x)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def json_safe(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically: a reader (``search show``, a report) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(json_safe(data), indent=1) + "\n")
+    tmp.replace(path)
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def trial_name(spec_name: str, number: int) -> str:
+    return f"{spec_name}_t{number}"
+
+
+def trial_dir(out: Path, number: int) -> Path:
+    return Path(out) / "trials" / str(number)
+
+
+def write_trial(out: Path, number: int, info: dict, arch_yaml: Optional[str] = None) -> None:
+    """``trials/<number>/``: ``arch.yaml`` (when the trial got that far) and ``metrics.json``."""
+    folder = trial_dir(out, number)
+    if arch_yaml is not None:
+        write_text(folder / "arch.yaml", arch_yaml)
+    write_json(folder / "metrics.json", info)
+
+
+class DataCache:
+    """Datasets loaded once per process and reused by every trial (keyed on what changes the data). Each process
+    (an Optuna worker, a Ray trial's worker) loads its own, on the machine where it runs."""
+
+    def __init__(self):
+        self._cache: dict = {}
+
+    def get(self, config, size: int):
+        from runners.data import load_dataset
+
+        key = (config.dataset, config.data_dir, size, config.val_fraction, config.test_fraction,
+               config.train_fraction, config.seed, config.synthetic_samples, config.synthetic_classes,
+               config.synthetic_channels)
+        if key not in self._cache:
+            self._cache[key] = load_dataset(config, size)
+        return self._cache[key]
+
+
+def fixed_image_size(spec: Spec) -> Optional[int]:
+    """The input size every trial of a space trains at, when the space fixes it."""
+    from search_space.schema import is_choice
+
+    size = spec.train.image_size if not is_choice(spec.train.image_size) else None
+    if size is None and not is_choice(spec.model.input_size):
+        size = spec.model.input_size
+    return size
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The core
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Evaluator:
+    """Evaluates candidates of one space: sample -> budgets -> train -> outcome. One per process.
+
+    ``prune``: report each epoch to the engine and let it stop the trial (single-objective searches on
+    ``val_accuracy``; pruning on accuracy for any other objective would stop trials in the wrong direction).
+    """
+
+    def __init__(self, spec: Spec, device, data: Optional[DataCache] = None, worker: str = ""):
+        self.spec = spec
+        self.device = device
+        self.data = data or DataCache()
+        self.worker = worker
+        self.objectives = list(spec.search.objectives)
+        self.prune = self.objectives == ["val_accuracy"] and spec.search.pruner != "none"
+        self.image_size = fixed_image_size(spec)
+
+    def evaluate(self, number: int, suggest, hooks: TrialHooks, warm: Optional[str] = None,
+                 in_space: bool = True) -> Outcome:
+        """Evaluate trial ``number``; ``suggest`` answers the sampling questions (an Optuna trial, a
+        ``FixedSuggester``). A warm start outside the space (``in_space`` False) is trained as written."""
+        t0 = time.perf_counter()
+        info: dict[str, Any] = {"trial": number, "worker": self.worker}
+        if warm:
+            info["warm_start"] = warm
+        arch_yaml = None
+
+        def end(state, status, reason, values=None) -> Outcome:
+            info.update(state=state, status=status, reason=reason, seconds=round(time.perf_counter() - t0, 3),
+                        epochs=info.get("epochs", 0), optuna_params=dict(hooks.params()),
+                        values=dict(zip(self.objectives, values)) if values else None)
+            for key in ("status", "reason", "seconds", "epochs"):
+                hooks.set_attr(key, info[key])
+            out = Outcome(state, status, reason, values, info)
+            out.arch_yaml = arch_yaml  # type: ignore[attr-defined]
+            return out
+
+        try:
+            sampled = self._draw(number, suggest, warm, in_space)
+        except SpecError as e:  # InfeasibleSample, or a warm-start file that cannot be built
+            hooks.constrain("buildable", 1.0)
+            return end("pruned", "infeasible", str(e))
+
+        size = sampled.train.image_size or sampled.model.input_size
+        data = self.data.get(sampled.train, size)
+        try:
+            cost = architecture_cost(sampled.model, input_size=size, in_channels=data.channels,
+                                     num_classes=data.num_classes)
+        except SpecError as e:
+            hooks.constrain("buildable", 1.0)
+            return end("pruned", "infeasible", str(e))
+        info.update(params=cost.params, macs=cost.macs, blocks=block_summary(sampled.model))
+        for key in ("params", "macs", "blocks"):
+            hooks.set_attr(key, info[key])
+        arch_yaml = dump_spec(sampled)
+        hooks.on_arch(number, arch_yaml)
+
+        over = self._over_budget(hooks, cost)
+        if over:
+            return end("pruned", "over_budget", over)
+        return self._train(number, sampled, data, size, cost, hooks, info, end)
+
+    def _draw(self, number: int, suggest, warm: Optional[str], in_space: bool) -> Spec:
+        """The trial's spec: sampled from the space, or a warm-start architecture outside it, taken as-is."""
+        if warm and not in_space:
+            arch = load_spec(warm)
+            size = self.image_size or arch.model.input_size
+            model = dataclasses.replace(arch.model, input_size=size, in_channels=None, num_classes=None)
+            out = dataclasses.replace(self.spec, model=model,
+                                      train=resolve_dataclass(self.spec.train, "train.", suggest))
+            architecture_cost(out.model)
+        else:
+            out = sample(self.spec, suggest)
+        return dataclasses.replace(out, name=trial_name(self.spec.name, number), search=SearchConfig())
+
+    def _over_budget(self, hooks: TrialHooks, cost) -> str:
+        """Set the budget constraints (samplers learn the boundary); the reason when a budget is exceeded."""
+        from .progress import count
+
+        reasons = []
+        for key, value, limit in (("max_params", cost.params, self.spec.search.max_params),
+                                  ("max_macs", cost.macs, self.spec.search.max_macs)):
+            if limit is None:
+                continue
+            hooks.constrain(key, value / max(limit, 1.0) - 1.0)
+            if value > limit:
+                reasons.append(f"{key.removeprefix('max_')} {count(value)} > {key} {count(limit)}")
+        return "over budget: " + ", ".join(reasons) if reasons else ""
+
+    def _train(self, number: int, sampled: Spec, data, size: int, cost, hooks: TrialHooks, info: dict,
+               end: Callable[..., Outcome]) -> Outcome:
+        from runners.train import train
+
+        epochs = sampled.train.epochs
+
+        def on_step(epoch, step, steps):
+            hooks.status(f"trial {number}: epoch {epoch}/{epochs} step {step}/{steps}")
+
+        def report(epoch, metrics):
+            acc = metrics["val_accuracy"]
+            hooks.status(f"trial {number}: epoch {epoch}/{epochs} val {acc:.3f}")
+            if not self.prune or acc is None or not math.isfinite(acc):
+                return False
+            # A trial that has trained its full budget is complete: stopping it then would save nothing and
+            # throw its result away (Hyperband's last rung sits at the maximum epoch count).
+            return hooks.report(epoch, metrics) and epoch < epochs
+
+        result = train(sampled.model, sampled.train, report=report, on_step=on_step, data=data,
+                       device=self.device, image_size=size)
+        info.update(epochs=result.epochs, history=result.history, val_accuracy=result.val_accuracy,
+                    best_val_accuracy=result.best_val_accuracy, train_seconds=result.seconds)
+        hooks.set_attr("epochs", result.epochs)
+        if result.val_accuracy is not None:
+            hooks.set_attr("val_accuracy", result.val_accuracy)
+        if result.status == "interrupted":
+            return end("failed", "interrupted", result.reason)
+        if result.status == "stopped":
+            return end("pruned", "pruned", f"pruned by {self.spec.search.pruner} after epoch {result.epochs} "
+                                           f"(val {result.val_accuracy:.3f})")
+        if result.status != "ok":
+            return end("failed", result.status, result.reason)
+        if result.val_accuracy is None or not math.isfinite(result.val_accuracy):
+            return end("failed", "error", "no epoch finished, so there is no validation accuracy")
+        values = {"val_accuracy": result.val_accuracy, "params": float(cost.params), "macs": float(cost.macs)}
+        if "latency" in self.objectives:
+            values["latency"] = measure_latency_ms(result.model, data.channels, size, self.device)
+            hooks.set_attr("latency_ms", values["latency"])
+            info["latency_ms"] = values["latency"]
+        return end("complete", "ok", "", [values[o] for o in self.objectives])
