@@ -14,7 +14,8 @@ from pathlib import Path
 from .schema import SpecError
 
 # Subcommands that live with their concept: module path -> (add_parser, run) by convention.
-EXTERNAL_COMMANDS = ("runners.train_cli", "runners.search_cli")
+EXTERNAL_COMMANDS = ("runners.train_cli", "runners.search_cli", "runners.report_cli", "search_space.export",
+                     "search_space.json_schema", "runners.fidelity_cli")
 
 
 def fmt_int(n: int) -> str:
