@@ -14,7 +14,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from search_space.config import SearchConfig, TrainConfig
+from search_space.config import SearchConfig, TrainConfig, check_search
 from search_space.schema import SpecError, check_value, hints
 
 # flag dest -> (section, field)
@@ -22,7 +22,7 @@ OVERRIDES = {
     "trials": ("search", "trials"), "timeout": ("search", "timeout"), "storage": ("search", "storage"),
     "study_name": ("search", "study_name"), "sampler": ("search", "sampler"), "pruner": ("search", "pruner"),
     "seed": ("search", "seed"), "final_epochs": ("search", "final_epochs"), "workers": ("search", "workers"),
-    "objectives": ("search", "objectives"), "epochs": ("train", "epochs"), "dataset": ("train", "dataset"),
+    "objectives": ("search", "objectives"), "backend": ("search", "backend"), "epochs": ("train", "epochs"), "dataset": ("train", "dataset"),
     "data_dir": ("train", "data_dir"), "device": ("train", "device"),
 }
 
@@ -39,20 +39,37 @@ def apply_overrides(spec, args):
         flag = "--" + dest.replace("_", "-")
         value = check_value(value, hints(type(obj))[name], flag, dict(f.metadata))
         sections[section] = dataclasses.replace(obj, **{name: value})
+    check_search(sections["search"])  # the checks `search validate` ran, again with the flags applied
     return dataclasses.replace(spec, train=sections["train"], search=sections["search"])
 
 
 def cmd_run(args) -> int:
     from search_space.spec import load_spec
 
-    from .optuna_engine import run_search
-
     spec = apply_overrides(load_spec(args.space), args)
     if args.threads is not None and args.threads < 1:
         raise SpecError("--threads", f"{args.threads} must be at least 1")
     out = Path(args.out) if args.out else Path("runs") / spec.name
+    ray_only = [flag for flag, value in (("--address", args.address), ("--gpus-per-trial", args.gpus_per_trial),
+                                         ("--cpus-per-trial", args.cpus_per_trial),
+                                         ("--max-concurrent", args.max_concurrent),
+                                         ("--storage-path", args.storage_path)) if value is not None]
+    if spec.search.backend != "ray" and ray_only:
+        raise SpecError(ray_only[0], "is a Ray Tune option; add --backend ray (or search.backend: ray in the spec)")
     try:
-        summary = run_search(spec, out, spec_path=str(args.space), threads=args.threads)
+        if spec.search.backend == "ray":
+            from .ray_engine import run_ray_search
+
+            summary = run_ray_search(spec, out, spec_path=str(args.space), address=args.address,
+                                     gpus_per_trial=args.gpus_per_trial or 0.0,
+                                     cpus_per_trial=args.cpus_per_trial or 1.0, max_concurrent=args.max_concurrent,
+                                     storage_path=args.storage_path)
+            if summary.get("interrupted"):
+                raise KeyboardInterrupt
+        else:
+            from .optuna_engine import run_search
+
+            summary = run_search(spec, out, spec_path=str(args.space), threads=args.threads)
     except KeyboardInterrupt:
         print(f"interrupted; rerun the same command to resume (finished trials are kept in {out})", file=sys.stderr)
         return 130
@@ -71,7 +88,7 @@ def _objectives(text: str) -> list[str]:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("run", help="run (or resume, or join) an Optuna search over a space",
+    p = sub.add_parser("run", help="run (or resume, or join) a search over a space (Optuna or Ray Tune)",
                        description="Run an Optuna study over SPACE.yaml. Rerunning the same command resumes it; "
                                    "the same command in several processes on a shared storage shares the trials.")
     p.add_argument("space", help="the search space (a spec YAML file)")
@@ -90,6 +107,15 @@ def add_parser(sub) -> None:
                                                      "split")
     g.add_argument("--out", help="run directory (default: runs/<name>/)")
     g.add_argument("--threads", type=int, help="torch threads per worker on the CPU (default: the idle cores)")
+    g.add_argument("--backend", choices=hints(SearchConfig)["backend"].__args__,
+                   help="search engine: optuna (default) or ray (Ray Tune)")
+    g = p.add_argument_group("Ray Tune (with --backend ray)")
+    g.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: start a local Ray)")
+    g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (default 0)")
+    g.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
+    g.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the resources fit)")
+    g.add_argument("--storage-path", help="where the Ray experiment lives (default: the run directory); on a "
+                                          "multi-node cluster, storage every node mounts, or a cloud URI")
     g = p.add_argument_group("training (override the spec's train: section)")
     g.add_argument("--epochs", type=int, help="training epochs per trial")
     g.add_argument("--dataset", choices=hints(TrainConfig)["dataset"].__args__)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
-from .schema import SpecError
+from .schema import SpecError, one_line
 
 # Subcommands that live with their concept: module path -> (add_parser, run) by convention.
 EXTERNAL_COMMANDS = ("runners.train_cli", "runners.search_cli", "runners.report_cli", "search_space.export",
@@ -24,6 +25,29 @@ def fmt_int(n: int) -> str:
 
 def fmt_macs(n: int) -> str:
     return f"{n / 1e9:.3f} G" if n >= 1e8 else f"{n / 1e6:.2f} M"
+
+
+def check_arg(value, cls, name: str, flag: str):
+    """A command-line value checked by the rules of the spec field it stands for (type, min, max), so
+    ``--input-size 0`` fails the way ``input_size: 0`` would; None (not given) passes through."""
+    import dataclasses
+
+    from .schema import check_value, hints
+
+    if value is None:
+        return None
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return check_value(value, hints(cls)[name], flag, dict(f.metadata))
+
+
+def write_output(path: str, text: str, flag: str = "--output") -> None:
+    """Write a file the user asked for; a path that cannot be written is bad input (exit 2), not a traceback."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise SpecError(flag, f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def sample_feasible(spec, seed: int, tries: int = 200):
@@ -75,12 +99,18 @@ def cmd_compile(args) -> int:
     import torch
 
     from .compiler import build_model
+    from .config import SearchConfig
     from .cost import architecture_cost
+    from .spec import ModelSpec, check_limits
 
+    for name in ("input_size", "in_channels", "num_classes"):
+        check_arg(getattr(args, name), ModelSpec, name, "--" + name.replace("_", "-"))
+    check_arg(args.seed, SearchConfig, "seed", "--seed")
     spec = load_fixed(args.spec, args.seed if args.sample else None)
     arch = spec.model
-    size = args.input_size or arch.input_size
+    size = args.input_size if args.input_size is not None else arch.input_size
     cost = architecture_cost(arch, input_size=size, in_channels=args.in_channels, num_classes=args.num_classes)
+    check_limits(cost)
     model = build_model(arch, in_channels=args.in_channels, num_classes=args.num_classes)
     n_params = sum(p.numel() for p in model.parameters())
     ci, h, w = cost.input_shape
@@ -104,18 +134,19 @@ def cmd_compile(args) -> int:
     if args.output:
         from .spec import dump_spec
 
-        Path(args.output).write_text(dump_spec(spec))
+        write_output(args.output, dump_spec(spec))
     return 0
 
 
 def cmd_sample(args) -> int:
+    from .config import SearchConfig
     from .spec import dump_spec, load_spec
 
+    check_arg(args.seed, SearchConfig, "seed", "--seed")
     spec = load_spec(args.space)
     text = dump_spec(sample_feasible(spec, args.seed))
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text)
+        write_output(args.output, text)
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -164,6 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def given_paths(args) -> list[Path]:
+    """Every string argument of the command line, read as a path (spec files, --out, -o, --data-dir ...)."""
+    values = [v for v in vars(args).values() if isinstance(v, (str, Path))]
+    return [Path(v).absolute() for v in values if str(v)]
+
+
+def user_path_error(e: OSError, args) -> str | None:
+    """'PATH: reason' when ``e`` is about a path the user gave (or a file under it), else None."""
+    for name in (e.filename, e.filename2):
+        if name is None or not isinstance(name, (str, bytes, Path)):
+            continue
+        failed = Path(os.fsdecode(name)).absolute()
+        if any(failed == p or p in failed.parents for p in given_paths(args)):
+            return f"{os.fsdecode(name)}: {e.strerror or e}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -177,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # an unwritable --out, a full disk under it ...: the user's path, so bad input
+        line = user_path_error(e, args)
+        if line is None:
+            raise
+        print(f"error: {one_line(line)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

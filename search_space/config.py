@@ -7,9 +7,12 @@ example ``lr``), so a search can tune the recipe with the architecture. ``search
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Optional
 
-from .schema import field
+from .schema import SpecError, _fmt, field
+
+SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
 
@@ -19,15 +22,15 @@ class TrainConfig:
     dataset: Literal["digits", "cifar10", "cifar100", "imagefolder", "synthetic"] = field(
         "digits", doc="digits ships with scikit-learn (no download); cifar10/cifar100/imagefolder read data_dir")
     data_dir: Optional[str] = field(None, doc="directory of cifar10/cifar100 python batches or of class folders")
-    image_size: Optional[int] = field(None, min=1, doc="train at this size; null: the model's input_size")
+    image_size: Optional[int] = field(None, min=1, max=1024, doc="train at this size; null: the model's input_size")
     val_fraction: float = field(0.15, min=0.01, max=0.9, doc="share of the training data held out for validation")
     test_fraction: float = field(0.2, min=0.01, max=0.9,
                                  doc="share held out as test split where the dataset has none (digits, synthetic, "
                                  "imagefolder without train/ and test/ folders); its seed is fixed, not train.seed")
     train_fraction: float = field(1.0, min=0.01, max=1.0, doc="fidelity: share of the training rows used")
-    epochs: int = field(8, min=1, doc="training epochs")
+    epochs: int = field(8, min=1, max=100_000, doc="training epochs")
     time_budget: Optional[float] = field(None, min=0.0, doc="stop training after this many seconds")
-    batch_size: int = field(128, min=1, doc="images per step")
+    batch_size: int = field(128, min=1, max=65_536, doc="images per step")
     optimizer: Literal["sgd", "adamw"] = field("sgd", doc="sgd is Nesterov SGD")
     lr: float = field(0.1, min=0.0, doc="peak learning rate")
     momentum: float = field(0.9, min=0.0, max=1.0, doc="SGD momentum")
@@ -35,8 +38,8 @@ class TrainConfig:
     label_smoothing: float = field(0.1, min=0.0, max=1.0, doc="label smoothing of the cross-entropy")
     schedule: Literal["cosine", "onecycle", "constant"] = field(
         "cosine", doc="per-step decay after warmup: cosine to zero, onecycle (linear to zero) or constant")
-    warmup_epochs: float = field(1.0, min=0.0, doc="linear warmup length in epochs")
-    crop_padding: Optional[int] = field(None, min=0, doc="random-crop padding in pixels (reflected); "
+    warmup_epochs: float = field(1.0, min=0.0, max=100_000.0, doc="linear warmup length in epochs")
+    crop_padding: Optional[int] = field(None, min=0, max=512, doc="random-crop padding in pixels (reflected); "
                                         "null: size // 8, at least 1; 0: no crop")
     flip: Optional[bool] = field(None, doc="random horizontal flips; null: on for cifar/imagefolder, off for "
                                  "digits and synthetic")
@@ -44,27 +47,27 @@ class TrainConfig:
     channels_last: Optional[bool] = field(None, doc="channels_last memory format; null: on for CUDA")
     compile: bool = field(False, doc="wrap the model in torch.compile")
     device: Literal["auto", "cuda", "mps", "cpu"] = field("auto", doc="auto picks cuda, then mps, then cpu")
-    seed: int = field(0, doc="seed for data split, init and augmentation")
-    synthetic_samples: int = field(512, min=2, doc="synthetic dataset: number of images")
-    synthetic_classes: int = field(10, min=2, doc="synthetic dataset: number of classes")
-    synthetic_channels: int = field(3, min=1, doc="synthetic dataset: image channels")
+    seed: int = field(0, min=0, max=SEED_MAX, doc="seed for data split, init and augmentation")
+    synthetic_samples: int = field(512, min=2, max=1_000_000, doc="synthetic dataset: number of images")
+    synthetic_classes: int = field(10, min=2, max=100_000, doc="synthetic dataset: number of classes")
+    synthetic_channels: int = field(3, min=1, max=1024, doc="synthetic dataset: image channels")
 
 
 @dataclass
 class SearchConfig:
-    trials: int = field(24, min=1, doc="trials in the study (completed, pruned and failed ones count; a rerun or "
+    trials: int = field(24, min=1, max=1_000_000, doc="trials in the study (completed, pruned and failed ones count; a rerun or "
                                        "another worker continues until the study holds this many)")
     timeout: Optional[float] = field(None, min=0.0, doc="stop starting new trials after this many seconds")
     sampler: Literal["tpe", "random", "gp", "nsga2"] = field(
         "tpe", doc="Optuna sampler: tpe (multivariate, grouped; constant liar with parallel workers), random, "
         "gp (Gaussian process), nsga2 (for several objectives)")
     startup_trials: Optional[int] = field(
-        None, min=0, doc="random trials before tpe/gp model the results (nsga2: population size); "
+        None, min=0, max=1_000_000, doc="random trials before tpe/gp model the results (nsga2: population size); "
         "null: trials // 4, between 3 and 10")
     pruner: Literal["hyperband", "median", "successive_halving", "none"] = field(
         "hyperband", doc="stops weak trials early on their per-epoch validation accuracy (single objective only)")
-    pruner_min_epochs: int = field(1, min=1, doc="epochs every trial trains before it may be pruned")
-    pruner_startup_trials: int = field(4, min=0, doc="median: trials that finish before pruning begins")
+    pruner_min_epochs: int = field(1, min=1, max=100_000, doc="epochs every trial trains before it may be pruned")
+    pruner_startup_trials: int = field(4, min=0, max=1_000_000, doc="median: trials that finish before pruning begins")
     objectives: list[Literal["val_accuracy", "params", "macs", "latency"]] = field(
         default_factory=lambda: ["val_accuracy"], doc="maximise val_accuracy, minimise the others (latency: ms per "
         "image of the trained model, batch 1, eval mode); several give a Pareto front")
@@ -73,11 +76,69 @@ class SearchConfig:
     storage: Optional[str] = field(None, doc="Optuna storage URL (sqlite:///..., postgresql://..., journal:PATH or "
                                              "a .log path); null: sqlite file study.db in the run directory")
     study_name: Optional[str] = field(None, doc="Optuna study name; null: the spec's name")
-    seed: int = field(0, doc="sampler seed")
-    workers: int = field(1, min=1, doc="local worker processes sharing the study (needs a storage other than "
+    seed: int = field(0, min=0, max=SEED_MAX, doc="sampler seed")
+    workers: int = field(1, min=1, max=256, doc="local worker processes sharing the study (needs a storage other than "
                                        "SQLite)")
-    final_epochs: Optional[int] = field(None, min=1, doc="at the end, train the best architecture this many "
+    final_epochs: Optional[int] = field(None, min=1, max=100_000, doc="at the end, train the best architecture this many "
                                                          "epochs and score it once on the test split; null: skip")
-    top: int = field(10, min=1, doc="rows of the results table")
+    top: int = field(10, min=1, max=100_000, doc="rows of the results table")
+    backend: Literal["optuna", "ray"] = field(
+        "optuna", doc="engine: optuna (local processes; SQLite, journal or RDB storage) or ray (Ray Tune on a local "
+        "or existing Ray cluster; see `search run --address`)")
     warm_start: list[str] = field(default_factory=list, doc="architecture YAML files (relative to the spec) to try "
                                   "first; one outside the space is trained as written, at the run's input size")
+
+
+def storage_kind(url: Optional[str], path: str = "search.storage") -> str:
+    """'sqlite', 'journal' or 'rdb' for a storage URL as ``search run`` reads it (null: the SQLite file
+    study.db); a URL no storage can be opened from raises SpecError. Syntax only: nothing is opened."""
+    if url is None:
+        return "sqlite"
+    allowed = "use sqlite:///FILE.db, FILE.db, journal:FILE, FILE.log, or an RDB URL such as postgresql+psycopg://..."
+    if url.startswith("journal:") or (url.endswith(".log") and "://" not in url):
+        if not url.removeprefix("journal:").strip():
+            raise SpecError(path, f"{_fmt(url)} names no journal file; {allowed}")
+        return "journal"
+    if "://" not in url:
+        if url.endswith((".db", ".sqlite", ".sqlite3")):
+            return "sqlite"
+        raise SpecError(path, f"{_fmt(url)} is not a storage; {allowed}")
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database in (None, "", ":memory:") or "mode=memory" in url:
+                raise SpecError(path, f"{_fmt(url)} is an in-memory database: the study would vanish with the "
+                                      f"process and no worker could share it; {allowed}")
+            return "sqlite"
+        parsed.get_dialect()  # imports SQLAlchemy's dialect class only: no driver, no connection
+    except (ArgumentError, NoSuchModuleError, ValueError) as e:
+        raise SpecError(path, f"{_fmt(url)} is not a storage URL ({short_reason(e)}); {allowed}") from None
+    return "rdb"
+
+
+def short_reason(e: Exception) -> str:
+    return _fmt(str(e).splitlines()[0] if str(e) else type(e).__name__).strip("'")
+
+
+def check_search(search: SearchConfig, path: str = "search") -> None:
+    """What ``search run`` refuses before it starts, checked when a spec loads and again after the command-line
+    overrides, so ``search validate`` accepts exactly what ``search run`` accepts: objectives named once each, a
+    storage URL that can name a storage, several workers only on a storage they can share, warm-start files that
+    exist. Pure: syntax and file existence only, no network."""
+    objectives = list(search.objectives)
+    if not objectives:
+        raise SpecError(f"{path}.objectives", "[] is empty; name at least one of val_accuracy, params, macs, latency")
+    twice = next((o for i, o in enumerate(objectives) if o in objectives[:i]), None)
+    if twice is not None:
+        raise SpecError(f"{path}.objectives", f"{_fmt(objectives)} names {twice!r} twice; name each objective once")
+    kind = storage_kind(search.storage, f"{path}.storage")
+    if kind == "sqlite" and search.workers > 1:
+        where = "the default SQLite file" if search.storage is None else _fmt(search.storage)
+        raise SpecError(f"{path}.workers", f"{search.workers} workers cannot share {where} (SQLite's file lock does "
+                                           f"not suit several writers); set storage to journal:FILE or an RDB URL")
+    for i, warm in enumerate(search.warm_start):
+        if not Path(warm).is_file():
+            raise SpecError(f"{path}.warm_start.{i}", f"{_fmt(str(warm))}: no such file")

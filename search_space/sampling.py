@@ -51,9 +51,9 @@ class RandomSuggester:
 
     def suggest_float(self, name, low, high, step=None, log=False):
         if log:
-            value = math.exp(self.rng.uniform(math.log(low), math.log(high)))
-        elif step:
-            value = low + self.rng.randrange(int(round((high - low) / step)) + 1) * step
+            value = min(max(math.exp(self.rng.uniform(math.log(low), math.log(high))), low), high)  # exp(log(x)) != x
+        elif step:  # the grid low, low + step, ... up to high, never above (Optuna's FloatDistribution too)
+            value = min(low + self.rng.randrange(math.floor((high - low) / step + 1e-9) + 1) * step, high)
         else:
             value = self.rng.uniform(low, high)
         self.params[name] = value
@@ -146,8 +146,10 @@ def sample(spec: Spec, suggest: Suggest, check: bool = True) -> Spec:
     if check:
         from .cost import architecture_cost
 
+        from .spec import check_limits
+
         try:
-            architecture_cost(out.model)
+            check_limits(architecture_cost(out.model))
         except SpecError as e:
             raise InfeasibleSample(e.path, e.message) from None
     return out

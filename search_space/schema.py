@@ -10,19 +10,29 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 
+MAX_LINE = 1000  # an error is one line; a message longer than this is cut (values are cut far sooner by short())
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` with line breaks escaped and cut to ``limit`` characters, so an error stays one readable line."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class SpecError(ValueError):
     """A bad spec value: one line naming the field path, the bad value and what is allowed."""
 
     def __init__(self, path: str, message: str):
-        self.path = path
-        self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+        self.path = one_line(path, 200)
+        self.message = one_line(message)
+        super().__init__(f"{self.path}: {self.message}" if self.path else self.message)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -83,26 +93,48 @@ def looks_like_choice(raw: Any) -> bool:
     return isinstance(raw, dict) and any(k in raw for k in CHOICE_KEYS)
 
 
+def short(text: str, limit: int = 60) -> str:
+    """Cut ``text`` to ``limit`` characters: an error must never echo a huge value (or key) whole."""
+    return one_line(text, limit)
+
+
 def _fmt(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value)
+    """A value as an error message shows it: YAML-ish, one line, at most ~60 characters."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    if isinstance(value, (dict, list)) and len(value) > 20:  # do not format a huge container only to cut it
+        value = type(value)(list(value.items())[:20]) if isinstance(value, dict) else value[:20]
+    return short(repr(value) if isinstance(value, str) else str(value))
 
 
-def parse_choice(raw: dict, path: str, check_value) -> Choice:
-    """Parse ``{choice: [...]}``, ``{int: [lo, hi], step, log}`` or ``{float: [lo, hi], step, log}``."""
+def number_kind(tp) -> type | None:
+    """``int`` or ``float`` for a (possibly optional) number field, else None: which range a field may take."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (
+        Union, types.UnionType) else [tp]
+    return args[0] if len(args) == 1 and args[0] in (int, float) else None
+
+
+def parse_choice(raw: dict, path: str, check_value, tp=None) -> Choice:
+    """Parse ``{choice: [...]}``, ``{int: [lo, hi], step, log}`` or ``{float: [lo, hi], step, log}``.
+
+    With the field's type ``tp``, an ``int`` range is allowed only on an integer field and a ``float`` range only
+    on a number field, so a sample always has the field's type (a float depth would crash the compiler).
+    """
     kinds = [k for k in CHOICE_KEYS if k in raw]
     if len(kinds) != 1:
-        raise SpecError(path, f"a choice needs exactly one of choice/int/float, got {sorted(raw)}")
+        raise SpecError(path, f"a choice needs exactly one of choice/int/float, got {short(str(sorted(map(str, raw))))}")
     kind = kinds[0]
+    if kind != "choice" and tp is not None and (number_kind(tp) or str).__name__ != kind:
+        wanted = {int: "{int: [low, high]} or {choice: [...]}", float: "{float: [low, high]} or {choice: [...]}"}
+        raise SpecError(f"{path}.{kind}", f"an {kind} range does not fit a field that takes {describe_type(tp)}; "
+                                          f"write {wanted.get(number_kind(tp), '{choice: [...]}')}")
     allowed_extra = {"choice": set(), "int": {"step", "log"}, "float": {"step", "log"}}[kind]
     for key in raw:
         if key != kind and key not in allowed_extra:
-            raise SpecError(f"{path}.{key}", f"unknown key in a '{kind}' choice; allowed: {sorted(allowed_extra) or 'none'}")
+            raise SpecError(f"{path}.{short(str(key))}",
+                            f"unknown key in a '{kind}' choice; allowed: {sorted(allowed_extra) or 'none'}")
     body = raw[kind]
     if kind == "choice":
         if not isinstance(body, list) or not body:
@@ -133,8 +165,9 @@ def parse_choice(raw: dict, path: str, check_value) -> Choice:
         if log and step != 1:
             raise SpecError(f"{path}.step", "step cannot be combined with log")
         return IntRange(int(low), int(high), step, log)
-    if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool) or step <= 0):
-        raise SpecError(f"{path}.step", f"{_fmt(step)} must be a positive number")
+    if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool)
+                             or not math.isfinite(step) or step <= 0):
+        raise SpecError(f"{path}.step", f"{_fmt(step)} must be a positive finite number")
     if log and step is not None:
         raise SpecError(f"{path}.step", "step cannot be combined with log")
     return FloatRange(float(low), float(high), None if step is None else float(step), log)
@@ -145,9 +178,13 @@ def parse_choice(raw: dict, path: str, check_value) -> Choice:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def field(default=dataclasses.MISSING, *, doc: str, min=None, max=None, default_factory=dataclasses.MISSING):
-    """A spec field: ``doc`` feeds the README reference and ``min``/``max`` bound numbers."""
-    meta = {"doc": doc, "min": min, "max": max}
+def field(default=dataclasses.MISSING, *, doc: str, min=None, max=None, default_factory=dataclasses.MISSING,
+          required: bool = False, fixed: bool = False, pattern: str | None = None):
+    """A spec field: ``doc`` feeds the README reference, ``min``/``max`` bound numbers (every count and width has
+    a maximum, so no value that validates can ask for an absurd tensor), ``required`` fields must be written (the
+    default only serves code that builds the dataclass directly), ``fixed`` ones may not be a choice, and a
+    string must match ``pattern`` in full."""
+    meta = {"doc": doc, "min": min, "max": max, "required": required, "fixed": fixed, "pattern": pattern}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -192,7 +229,7 @@ def check_value(value: Any, tp, path: str, meta: dict | None = None) -> Any:
         raise SpecError(path, f"{_fmt(value)} is not allowed; expected {describe_type(tp)}")
     if origin is Literal:
         allowed = typing.get_args(tp)
-        if value not in allowed or isinstance(value, bool) != any(isinstance(a, bool) for a in allowed if a == value):
+        if not any(type(value) is type(a) and value == a for a in allowed):  # 2.0 is not 2, and true is not 1
             hint = ""
             if isinstance(value, str):
                 close = difflib.get_close_matches(value, [a for a in allowed if isinstance(a, str)], n=1)
@@ -209,11 +246,10 @@ def check_value(value: Any, tp, path: str, meta: dict | None = None) -> Any:
             raise SpecError(path, f"{_fmt(value)} is not a boolean; use true or false")
         return value
     if tp is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            raise SpecError(path, f"{_fmt(value)} is not an integer; write {int(value)} (without the decimal point)")
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                raise SpecError(path, f"{_fmt(value)} is not an integer")
+            raise SpecError(path, f"{_fmt(value)} is not an integer")
     elif tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1.0e6 (no sign in the exponent) as a string
             try:
@@ -222,12 +258,14 @@ def check_value(value: Any, tp, path: str, meta: dict | None = None) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(path, f"{_fmt(value)} is not a number")
-        value = float(value)
+        value = float(value) if abs(value) < 1e308 else math.inf  # float(10**400) would raise OverflowError
         if not math.isfinite(value):
             raise SpecError(path, f"{_fmt(value)} is not a finite number")
     elif tp is str:
         if not isinstance(value, str):
             raise SpecError(path, f"{_fmt(value)} is not a string")
+        if meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
+            raise SpecError(path, f"{_fmt(value)} is not allowed; it must match {meta['pattern']}")
         return value
     elif tp is Any:
         return value
@@ -246,9 +284,10 @@ def hints(cls) -> dict:
 
 
 def unknown_key_error(key: Any, allowed: list[str], path: str) -> SpecError:
-    close = difflib.get_close_matches(str(key), allowed, n=1)
+    close = difflib.get_close_matches(str(key)[:100], allowed, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return SpecError(f"{path}.{key}" if path else str(key), f"unknown key; {hint}allowed: {', '.join(allowed)}")
+    key = short(str(key))
+    return SpecError(f"{path}.{key}" if path else key, f"unknown key; {hint}allowed: {', '.join(allowed)}")
 
 
 def parse_dataclass(cls, raw: Any, path: str, allow_choices: bool, special: dict | None = None):
@@ -273,11 +312,15 @@ def parse_dataclass(cls, raw: Any, path: str, allow_choices: bool, special: dict
         if dataclasses.is_dataclass(tp):
             values[key] = parse_dataclass(tp, value, sub, allow_choices)
         elif looks_like_choice(value):
-            if not allow_choices:
+            if not allow_choices or meta.get("fixed"):
                 raise SpecError(sub, "a choice is not allowed here (this must be a fixed value)")
-            values[key] = parse_choice(value, sub, lambda v, p, tp=tp, meta=meta: check_value(v, tp, p, meta))
+            values[key] = parse_choice(value, sub, lambda v, p, tp=tp, meta=meta: check_value(v, tp, p, meta), tp)
         else:
             values[key] = check_value(value, tp, sub, meta)
+    for name, f in fields.items():
+        if f.metadata.get("required") and name not in raw:
+            where = f"{path}.{name}" if path else name
+            raise SpecError(where, f"missing; required: {f.metadata['doc']}")
     return cls(**values)
 
 

@@ -133,13 +133,13 @@ CASES = [
     # -- impossible combinations in a fixed architecture --------------------------------------------------------
     ("splat_k_times_r", with_stage("{depth: 1, width: 64, block: {type: split_attention, radix: 4, cardinality: 4, "
                                    "bottleneck_ratio: 0.125}}"),
-     "model.stages.0.blocks.0.radix", ["4*4 = 16", "width 8"]),
+     "model.stages.0.block.radix", ["4*4 = 16", "width 8"]),
     ("grouped_cardinality", with_stage("{depth: 1, width: 64, block: {type: grouped, cardinality: 3}}"),
-     "model.stages.0.blocks.0.cardinality", ["3 does not divide", "16"]),
+     "model.stages.0.block.cardinality", ["3 does not divide", "16"]),
     ("res2net_basic", with_stage("{depth: 1, block: {type: res2net, bottleneck: false}}"),
      "model.stages.0.block.bottleneck", ["res2net"]),
     ("res2net_scales", with_stage("{depth: 1, width: 64, block: {type: res2net, scales: 3}}"),
-     "model.stages.0.blocks.0.scales", ["3 does not divide", "mid width 16"]),
+     "model.stages.0.block.scales", ["3 does not divide", "mid width 16"]),
     ("stride_on_1x1_map", "name: t\nmodel:\n  input_size: 4\n  stem: {type: conv7, width: 16}\n  stages:\n"
                           "    - {depth: 1, width: 32, stride: 1}\n    - {depth: 1, width: 64, stride: 2}\n",
      "model.stages.1.stride", ["2 would shrink a 1x1", "input_size 4"]),
