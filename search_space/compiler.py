@@ -9,7 +9,7 @@ from torch import nn
 
 from .blocks import BlockContext, get_block_type
 from .blocks.layers import conv_bn
-from .cost import architecture_cost, model_widths, resolve_io, stage_blocks
+from .cost import architecture_cost, deep_stem_widths, model_widths, resolve_io, stage_blocks
 from .spec import ModelSpec
 
 
@@ -17,9 +17,9 @@ def build_stem(stem, ci: int) -> nn.Sequential:
     t, w = stem.type, stem.width
     if t == "conv7":
         return nn.Sequential(conv_bn(ci, w, 7, 2), nn.MaxPool2d(3, 2, 1))
-    if t == "deep":
-        return nn.Sequential(conv_bn(ci, w // 2, 3, 2), conv_bn(w // 2, w // 2, 3), conv_bn(w // 2, w, 3),
-                             nn.MaxPool2d(3, 2, 1))
+    if t in ("deep", "deep_tiered"):
+        w1, w2 = deep_stem_widths(t, w)
+        return nn.Sequential(conv_bn(ci, w1, 3, 2), conv_bn(w1, w2, 3), conv_bn(w2, w, 3), nn.MaxPool2d(3, 2, 1))
     if t == "cifar":
         return nn.Sequential(conv_bn(ci, w, 3))
     if t == "rexnet":

@@ -65,7 +65,14 @@ def resolve_io(arch: ModelSpec, in_channels: int | None, num_classes: int | None
     return ci, nc
 
 
-STEM_STRIDES = {"conv7": 4, "deep": 4, "cifar": 1, "rexnet": 2}
+STEM_STRIDES = {"conv7": 4, "deep": 4, "deep_tiered": 4, "cifar": 1, "rexnet": 2}
+
+
+def deep_stem_widths(stem_type: str, width: int) -> tuple[int, int]:
+    """Widths of the first two 3x3 convs of a deep stem: width/2 twice, or tiered 3 * (width/2 // 4) then width/2
+    (timm's ``deep_tiered``: 24-32-64 for width 64)."""
+    half = width // 2
+    return (3 * (half // 4), half) if stem_type == "deep_tiered" else (half, half)
 
 
 def stem_cost(c: Counter, stem, ci: int, h: int, w: int):
@@ -73,10 +80,11 @@ def stem_cost(c: Counter, stem, ci: int, h: int, w: int):
     if t == "conv7":
         h, w = conv_bn_cost(c, ci, sw, 7, h, w, 2)
         return pool_out(h, 2), pool_out(w, 2)
-    if t == "deep":
-        h, w = conv_bn_cost(c, ci, sw // 2, 3, h, w, 2)
-        h, w = conv_bn_cost(c, sw // 2, sw // 2, 3, h, w)
-        h, w = conv_bn_cost(c, sw // 2, sw, 3, h, w)
+    if t in ("deep", "deep_tiered"):
+        w1, w2 = deep_stem_widths(t, sw)
+        h, w = conv_bn_cost(c, ci, w1, 3, h, w, 2)
+        h, w = conv_bn_cost(c, w1, w2, 3, h, w)
+        h, w = conv_bn_cost(c, w2, sw, 3, h, w)
         return pool_out(h, 2), pool_out(w, 2)
     if t == "cifar":
         return conv_bn_cost(c, ci, sw, 3, h, w)
@@ -109,6 +117,9 @@ def architecture_cost(arch: ModelSpec, input_size: int | None = None, in_channel
     stem = dataclasses.replace(arch.stem, width=stem_w)
     if stem.type == "deep" and stem.width % 2:
         raise SpecError("model.stem.width", f"{stem.width} must be even for the deep stem (it uses width/2)")
+    if stem.type == "deep_tiered" and (stem.width % 2 or stem.width < 8):
+        raise SpecError("model.stem.width", f"{stem.width} must be even and at least 8 for the deep_tiered stem "
+                                            f"(it uses width/2 and 3 * (width/2 // 4))")
     if size < STEM_STRIDES[stem.type]:
         raise SpecError("model.input_size", f"{size} is smaller than the {stem.type} stem's stride "
                                             f"{STEM_STRIDES[stem.type]}")

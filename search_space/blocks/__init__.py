@@ -36,6 +36,9 @@ class BlockType:
 
     name: ClassVar[str]
     uses: ClassVar[tuple[str, ...]] = ()
+    # Fields whose values decide which other fields matter (``relevant``): while one is still a choice, the
+    # loader cannot tell an ignored key from a used one, and sampling draws them before the fields they gate.
+    deciders: ClassVar[tuple[str, ...]] = ("bottleneck", "attention")
 
     def build(self, ci: int, co: int, stride: int, spec, ctx: BlockContext) -> nn.Module:
         raise NotImplementedError

@@ -12,24 +12,33 @@ import torch
 from torch import nn
 
 from . import register_block
-from .layers import conv_bn, conv_bn_cost
+from .layers import conv, conv_bn_cost
 from .residual import MixerBlockType
 
 
 class Res2NetConv(nn.Module):
+    """The s-1 convs are registered before their BNs (``convs``, then ``bns``), as in the reference code and timm,
+    so a state dict in registration order pairs with theirs tensor by tensor."""
+
     def __init__(self, channels: int, stride: int, scales: int, cardinality: int, reshapes: bool):
         super().__init__()
         self.width = channels // scales
         self.reshapes = reshapes
-        self.convs = nn.ModuleList(conv_bn(self.width, self.width, 3, stride, cardinality) for _ in range(scales - 1))
+        self.convs = nn.ModuleList(conv(self.width, self.width, 3, stride, cardinality) for _ in range(scales - 1))
+        self.bns = nn.ModuleList(nn.BatchNorm2d(self.width) for _ in range(scales - 1))
+        self.act = nn.ReLU(inplace=True)
         self.pool = nn.AvgPool2d(3, stride, padding=1) if reshapes else nn.Identity()
+
+    def branch(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Scale i's 3x3 conv + BN + ReLU."""
+        return self.act(self.bns[i](self.convs[i](x)))
 
     def forward(self, x):
         parts = torch.split(x, self.width, dim=1)
         outs = []
         sp = parts[0]
-        for i, conv in enumerate(self.convs):
-            sp = conv(parts[i] if i == 0 or self.reshapes else sp + parts[i])
+        for i in range(len(self.convs)):
+            sp = self.branch(i, parts[i] if i == 0 or self.reshapes else sp + parts[i])
             outs.append(sp)
         outs.append(self.pool(parts[-1]))
         return torch.cat(outs, 1)

@@ -9,7 +9,8 @@ Design"), following the reference code (clovaai/rexnet; timm's ``LinearBottlenec
     partial residual when stride is 1 and in <= out: out[:, :in] += x
 
 The output widths come from the model (``model.widths``: ReXNet's linear schedule, or the stage's width), so a
-block only sees ``in`` and ``out``. Like timm's ReXNet, the last BN is not zero-initialised: with a partial
+block only sees ``in`` and ``out``. ``rexnet_divisor`` rounds the depthwise and SE widths to its multiples
+(``make_divisible``); ReXNet uses 1, the rounded ``rexnetr_*`` variants 8. Like timm's ReXNet, the last BN is not zero-initialised: with a partial
 residual that would leave the new channels constant at the start.
 """
 
@@ -26,22 +27,23 @@ from .layers import Counter, conv_bn, conv_bn_cost, make_divisible
 SE_RATIO = 1 / 12.
 
 
-def dw_channels(ci: int, expansion: float) -> int:
-    """Width of the depthwise conv: ``make_divisible(round(in * expansion), 1)`` (Python round, half to even)."""
-    return ci if expansion == 1.0 else make_divisible(round(ci * expansion), 1)
+def dw_channels(ci: int, expansion: float, divisor: int = 1) -> int:
+    """Width of the depthwise conv: ``make_divisible(round(in * expansion), divisor)`` (Python round, half to
+    even)."""
+    return ci if expansion == 1.0 else make_divisible(round(ci * expansion), divisor)
 
 
-def se_channels(dw: int) -> int:
-    """Squeeze width of ReXNet's SE: ``make_divisible(int(dw * (1 / 12)), 1)``, at least 1."""
-    return make_divisible(int(dw * SE_RATIO), 1)
+def se_channels(dw: int, divisor: int = 1) -> int:
+    """Squeeze width of ReXNet's SE: ``make_divisible(int(dw * (1 / 12)), divisor)``, at least ``divisor``."""
+    return make_divisible(int(dw * SE_RATIO), divisor)
 
 
 class SEWithNorm(nn.Module):
     """SE with a BN between the squeeze and the ReLU (ReXNet)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, divisor: int = 1):
         super().__init__()
-        rd = se_channels(channels)
+        rd = se_channels(channels, divisor)
         self.fc1 = nn.Conv2d(channels, rd, 1, bias=True)
         self.bn = nn.BatchNorm2d(rd)
         self.act = nn.ReLU(inplace=True)
@@ -52,9 +54,9 @@ class SEWithNorm(nn.Module):
 
 
 class LinearBottleneck(nn.Module):
-    def __init__(self, ci: int, co: int, stride: int, expansion: float, se: bool):
+    def __init__(self, ci: int, co: int, stride: int, expansion: float, se: bool, divisor: int = 1):
         super().__init__()
-        dw = dw_channels(ci, expansion)
+        dw = dw_channels(ci, expansion, divisor)
         self.in_channels, self.out_channels = ci, co
         self.use_shortcut = stride == 1 and ci <= co
         if expansion != 1.0:
@@ -63,7 +65,7 @@ class LinearBottleneck(nn.Module):
         else:
             self.conv_exp = nn.Identity()
         self.conv_dw = conv_bn(dw, dw, 3, stride, groups=dw, act=False)
-        self.se = SEWithNorm(dw) if se else nn.Identity()
+        self.se = SEWithNorm(dw, divisor) if se else nn.Identity()
         self.act_dw = nn.ReLU6(inplace=True)
         self.conv_pwl = conv_bn(dw, co, 1, act=False)
 
@@ -94,18 +96,25 @@ class LinearBottleneck(nn.Module):
 @register_block
 class ReXNet(BlockType):
     name = "rexnet"
-    uses = ("expansion", "se_rexnet")
+    uses = ("expansion", "se_rexnet", "rexnet_divisor")
+    deciders = ("expansion", "se_rexnet")
+
+    def relevant(self, spec):
+        fields = super().relevant(spec)
+        if spec.expansion == 1.0 and spec.se_rexnet is False:
+            fields.discard("rexnet_divisor")  # nothing left to round
+        return fields
 
     def build(self, ci, co, stride, spec, ctx: BlockContext) -> nn.Module:
-        return LinearBottleneck(ci, co, stride, spec.expansion, spec.se_rexnet)
+        return LinearBottleneck(ci, co, stride, spec.expansion, spec.se_rexnet, spec.rexnet_divisor)
 
     def cost(self, c: Counter, ci, co, stride, spec, ctx: BlockContext, h, w):
-        dw = dw_channels(ci, spec.expansion)
+        dw = dw_channels(ci, spec.expansion, spec.rexnet_divisor)
         if spec.expansion != 1.0:
             conv_bn_cost(c, ci, dw, 1, h, w)
         h, w = conv_bn_cost(c, dw, dw, 3, h, w, stride, groups=dw)
         if spec.se_rexnet:
-            rd = se_channels(dw)
+            rd = se_channels(dw, spec.rexnet_divisor)
             c.conv(dw, rd, 1, 1, 1, bias=True)
             c.bn(rd)
             c.conv(rd, dw, 1, 1, 1, bias=True)

@@ -1,0 +1,154 @@
+"""Are the compiled zoo models the same functions as timm's, not just the same sizes?
+
+For every zoo spec (``spaces/zoo/<name>.yaml``) whose name is a timm model, this builds timm's model
+(``timm.create_model(name, pretrained=False)``) and ours (``build_model``), then:
+
+1. randomises timm's BatchNorm affine parameters and running statistics (and every bias), so that a zero-initialised
+   last BN gamma or an all-zero bias cannot hide a branch that the two implementations compute differently;
+2. copies timm's state dict into ours in registration order: the i-th tensor of timm's ``state_dict()`` goes to the
+   i-th of ours, and the two must have the same shape pairwise (names differ; order and shapes must not);
+3. compares the logits of both models in eval mode on the same random input.
+
+It prints one row per model with the max absolute difference of the logits and exits 1 on any mismatch: the
+tolerance is 0 (bitwise identical), or 1e-5 for models with a softmax over a radix above 2, where our softmax
+runs on a differently laid-out view of the same logits and may round differently. Exit 2 for an unknown model
+name; a model without a timm twin (``resnet18_small``) is listed as skipped. Setup (a venv with timm) and sample
+output: benchmarks/README.md.
+
+    python benchmarks/timm_equivalence.py                       # every zoo spec with a timm twin
+    python benchmarks/timm_equivalence.py --models skresnet18 resnest50d_4s2x40d --size 160
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO = ROOT / "spaces" / "zoo"
+if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+from search_space import build_model, load_spec  # noqa: E402
+
+SOFTMAX_TOLERANCE = 1e-5
+
+
+def zoo_names() -> list[str]:
+    return sorted(p.stem for p in ZOO.glob("*.yaml"))
+
+
+def max_radix(arch) -> int:
+    """The largest split-attention radix in the architecture (1 when there is none)."""
+    return max([b.radix for s in arch.stages for b in s.blocks if b.type == "split_attention"], default=1)
+
+
+def randomise_(model: nn.Module, seed: int) -> None:
+    """BN gamma, beta, running mean and variance, and every bias, drawn at random (seeded).
+
+    Gammas stay in [0.5, 1], betas and means small, variances in [0.5, 1.5], so deep networks keep activations of
+    order one and the logits stay comparable at float32 resolution.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                if m.affine:
+                    m.weight.copy_(torch.rand(c, generator=g) * 0.5 + 0.5)
+                    m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+                if m.track_running_stats:
+                    m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                    m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+
+
+def copy_in_order(src: nn.Module, dst: nn.Module) -> None:
+    """Load ``src``'s state dict into ``dst`` pairing tensors by registration order; raise on any shape mismatch."""
+    a, b = list(src.state_dict().items()), list(dst.state_dict().items())
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} tensors in timm's state dict, {len(b)} in ours")
+    for (ka, va), (kb, vb) in zip(a, b):
+        if va.shape != vb.shape:
+            raise ValueError(f"timm {ka} {tuple(va.shape)} pairs with ours {kb} {tuple(vb.shape)}")
+    dst.load_state_dict({kb: va for (_, va), (kb, _) in zip(a, b)}, strict=True)
+
+
+def compare(name: str, create, size: int, batch: int, seed: int) -> dict:
+    arch = load_spec(ZOO / f"{name}.yaml").model
+    torch.manual_seed(seed)
+    ref = create(name).eval()
+    ours = build_model(arch).eval()
+    randomise_(ref, seed)
+    copy_in_order(ref, ours)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        want, got = ref(x), ours(x)
+    if want.shape != got.shape:
+        raise ValueError(f"timm gives logits {tuple(want.shape)}, ours {tuple(got.shape)}")
+    diff = (want - got).abs().max().item()
+    tol = SOFTMAX_TOLERANCE if max_radix(arch) > 2 else 0.0
+    return {"params": sum(p.numel() for p in ours.parameters()),
+            "params_ref": sum(p.numel() for p in ref.parameters()),
+            "diff": diff, "tol": tol, "scale": want.abs().max().item()}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="*", default=None, help="zoo spec names (default: every zoo spec)")
+    p.add_argument("--size", type=int, default=224, help="input height = width (default 224)")
+    p.add_argument("--batch", type=int, default=2, help="images in the random input (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the random BN statistics and input")
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 keeps torch's default")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    names = [n for arg in (args.models or zoo_names()) for n in arg.split(",") if n]
+    unknown = sorted(set(names) - set(zoo_names()))
+    if unknown:
+        print(f"error: --models: unknown zoo spec {', '.join(unknown)}; allowed: {', '.join(zoo_names())}",
+              file=sys.stderr)
+        return 2
+    try:
+        import timm
+    except Exception as e:  # noqa: BLE001 - a broken install counts as missing
+        print(f"error: timm does not import ({e}); run this in the benchmark venv, see benchmarks/README.md",
+              file=sys.stderr)
+        return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    twins = set(timm.list_models())
+    print(f"torch {torch.__version__}, timm {timm.__version__}, input {args.batch}x3x{args.size}x{args.size}, "
+          f"seed {args.seed}, eval mode, BN statistics and biases randomised")
+    print(f"{'model':<22}{'params':>13}  {'max |logit|':>11}  {'max abs diff':>12}  {'tolerance':>9}  result")
+    print("-" * 84)
+    failed = 0
+    for name in names:
+        if name not in twins:
+            print(f"{name:<22}{'-':>13}  {'-':>11}  {'-':>12}  {'-':>9}  skipped: no timm model of this name")
+            continue
+        try:
+            r = compare(name, lambda n: timm.create_model(n, pretrained=False), args.size, args.batch, args.seed)
+        except Exception as e:  # noqa: BLE001 - report the model and go on with the others
+            failed += 1
+            print(f"{name:<22}{'-':>13}  {'-':>11}  {'-':>12}  {'-':>9}  FAILED: {type(e).__name__}: {e}")
+            continue
+        ok = r["diff"] <= r["tol"] and r["params"] == r["params_ref"]
+        failed += not ok
+        result = ("identical" if r["diff"] == 0 else "within tolerance") if ok else "MISMATCH"
+        if r["params"] != r["params_ref"]:
+            result += f" (params: timm {r['params_ref']:,})"
+        print(f"{name:<22}{r['params']:>13,}  {r['scale']:>11.3g}  {r['diff']:>12.3g}  {r['tol']:>9.0e}  {result}")
+    print(f"{len(names)} models, {failed} mismatched or failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
