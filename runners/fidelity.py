@@ -1,0 +1,305 @@
+"""The proxy-fidelity audit (``search fidelity``): does the space's proxy recipe rank architectures as longer
+training does?
+
+A search is only as good as its proxy (DESIGN.md section 8). The audit draws an unbiased random sample of
+feasible, in-budget architectures of a space (a seeded :class:`~search_space.sampling.RandomSuggester`, each
+with its sampled recipe; infeasible and over-budget samples are rejected by the analytic cost model, never
+trained), then trains each one
+
+* with the proxy recipe as the space writes it (``train.epochs``),
+* with a complete schedule ``factor`` times longer (warmup and decay over all its epochs), and
+* with that long schedule again under other seeds (init and augmentation; the validation split stays), whose
+  agreement with the first is the noise ceiling.
+
+Every training run is saved as it ends (``models/<i>/<kind>-e<epochs>-s<seed>.json``), so a killed audit loses
+only the run in flight and a rerun resumes. After each run the figures of what is complete so far are written
+to ``fidelity.json`` and ``fidelity.png``; :mod:`runners.fidelity_stats` computes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from search_space.config import SearchConfig
+from search_space.cost import architecture_cost
+from search_space.sampling import InfeasibleSample, RandomSuggester, sample
+from search_space.schema import SpecError, is_choice
+from search_space.spec import Spec, dump_spec, load_spec
+
+from . import fidelity_stats
+from .progress import Progress, duration
+
+MAX_TRIES_PER_MODEL = 200  # random draws per accepted architecture before the space is called too tight
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the audit: which model, which recipe length, which seed."""
+
+    model: int
+    kind: str  # "proxy" or "long"
+    epochs: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-e{self.epochs}-s{self.seed}"
+
+
+def draw_architectures(spec: Spec, n: int, channels: int, num_classes: int, seed: int = 0) -> list[Spec]:
+    """``n`` feasible, in-budget samples of the space, in the order a seeded random sampler draws them."""
+    suggester = RandomSuggester(seed)
+    chosen, tries = [], 0
+    while len(chosen) < n:
+        tries += 1
+        if tries > MAX_TRIES_PER_MODEL * n:
+            raise SpecError("search.max_params", f"only {len(chosen)} of {tries - 1} random samples were feasible "
+                                                 f"and within budget; {n} were asked for")
+        try:
+            arch = sample(spec, suggester)
+            size = arch.train.image_size or arch.model.input_size
+            cost = architecture_cost(arch.model, input_size=size, in_channels=channels, num_classes=num_classes)
+        except InfeasibleSample:
+            continue
+        except SpecError:
+            continue  # a sample the cost model cannot build is infeasible too
+        if spec.search.max_params is not None and cost.params > spec.search.max_params:
+            continue
+        if spec.search.max_macs is not None and cost.macs > spec.search.max_macs:
+            continue
+        chosen.append(dataclasses.replace(arch, name=f"{spec.name}_f{len(chosen)}", search=SearchConfig()))
+    return chosen
+
+
+def plan_runs(n: int, proxy_epochs: int, factor: int, seeds: int, base_seed: int) -> list[Run]:
+    """All runs, cheapest first: every proxy, then the long runs seed by seed, so an early stop still leaves
+    complete pairs for the figures."""
+    runs = [Run(i, "proxy", proxy_epochs, base_seed) for i in range(n)]
+    for s in range(seeds):
+        runs += [Run(i, "long", proxy_epochs * factor, base_seed + s) for i in range(n)]
+    return runs
+
+
+class Audit:
+    """One audit's run directory: what is planned, what is done, the figures."""
+
+    def __init__(self, spec: Spec, out: Path, n: int = 24, factor: int = 4, seeds: int = 2, top_k: int = 5,
+                 progress: Optional[Progress] = None, device=None):
+        if n < 3:
+            raise SpecError("--n", f"{n} architectures cannot be ranked; use at least 3")
+        if factor < 2:
+            raise SpecError("--factor", f"{factor} must be at least 2 (the long schedule is factor x the proxy's)")
+        if seeds < 1:
+            raise SpecError("--seeds", f"{seeds} must be at least 1 (2 or more give the noise ceiling)")
+        if is_choice(spec.train.epochs):
+            raise SpecError("train.epochs", "the audit needs a fixed proxy epoch count, not a choice")
+        self.spec, self.out, self.n, self.factor, self.seeds, self.top_k = spec, Path(out), n, factor, seeds, top_k
+        self.progress = progress or Progress()
+        self.device = device
+        from .trial import DataCache
+
+        self.data = DataCache()
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        from .train import resolve_device
+
+        self.device = resolve_device(self.device if self.device is not None else self.spec.train.device)
+        base = self.spec.train
+        probe = self.data.get(dataclasses.replace(base, lr=0.1) if is_choice(base.lr) else base,
+                              self._size(self.spec))
+        models = draw_architectures(self.spec, self.n, probe.channels, probe.num_classes, seed=self.spec.search.seed)
+        for i, arch in enumerate(models):
+            path = self.out / "models" / str(i) / "arch.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(dump_spec(arch), encoding="utf-8")
+        self.models = models
+        self.chance = 1.0 / probe.num_classes
+        runs = plan_runs(self.n, base.epochs, self.factor, self.seeds, base.seed)
+        self._write_settings()
+        todo = [r for r in runs if self.load(r) is None]
+        self.progress.line(f"fidelity {self.spec.name}: {self.n} architectures x (proxy {base.epochs} epochs + "
+                           f"{self.seeds} x {base.epochs * self.factor} epochs), device {self.device}; "
+                           f"{len(runs) - len(todo)} of {len(runs)} runs already done in {self.out}")
+        spent_epochs, spent_s = 0, 0.0
+        for done_now, r in enumerate(todo):
+            left = sum(t.epochs for t in todo[done_now:])
+            eta = f", ETA {duration(left * spent_s / spent_epochs)}" if spent_epochs else ""
+            head = f"[{len(runs) - len(todo) + done_now + 1}/{len(runs)}] model {r.model} {r.kind} " \
+                   f"{r.epochs} epochs seed {r.seed}{eta}"
+            result = self._train(r, head)
+            spent_epochs += r.epochs
+            spent_s += result["seconds"]
+            acc = result["val_accuracy"]
+            self.progress.line(f"{head}: {result['status']}, val "
+                               f"{'-' if acc is None else f'{acc:.4f}'} in {duration(result['seconds'])}")
+            self.write_report()
+        report = self.write_report()
+        self.progress.line(summary(report))
+        return report
+
+    def _size(self, arch: Spec) -> int:
+        return arch.train.image_size or arch.model.input_size
+
+    def _train(self, r: Run, head: str) -> dict:
+        from .train import train
+
+        arch = self.models[r.model]
+        config = dataclasses.replace(arch.train, epochs=r.epochs)
+        size = self._size(arch)
+        data = self.data.get(config, size)  # the split follows the base seed; other seeds change init/augmentation
+        config = dataclasses.replace(config, seed=r.seed)
+
+        def on_step(epoch, step, steps):
+            self.progress.status(f"{head}: epoch {epoch}/{r.epochs} step {step}/{steps}")
+
+        result = train(arch.model, config, data=data, device=self.device, image_size=size, on_step=on_step)
+        if result.status == "interrupted":
+            raise KeyboardInterrupt
+        record = {"model": r.model, "kind": r.kind, "epochs": r.epochs, "seed": r.seed, "status": result.status,
+                  "reason": result.reason, "val_accuracy": result.val_accuracy, "seconds": result.seconds,
+                  "lr": config.lr, "history": [h["val_accuracy"] for h in result.history]}
+        path = self._path(r)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(fidelity_stats.finite(record), indent=1) + "\n", encoding="utf-8")
+        tmp.replace(path)  # atomic: a kill never leaves half a record that would count as done
+        return record
+
+    def _path(self, r: Run) -> Path:
+        return self.out / "models" / str(r.model) / f"{r.name}.json"
+
+    def load(self, r: Run) -> Optional[dict]:
+        path = self._path(r)
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+    def _write_settings(self) -> None:
+        settings = {"space": self.spec.name, "n": self.n, "factor": self.factor, "seeds": self.seeds,
+                    "proxy_epochs": self.spec.train.epochs, "sample_seed": self.spec.search.seed}
+        (self.out / "audit.json").write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    def table(self) -> list[dict]:
+        """Per-model numbers of the models whose proxy run and every long run are done (failed runs score chance:
+        a recipe that diverges is as useless as a random guess)."""
+        base = self.spec.train
+        long_epochs = base.epochs * self.factor
+        rows = []
+        for i in range(len(self.models)):
+            proxy = self.load(Run(i, "proxy", base.epochs, base.seed))
+            longs = [self.load(Run(i, "long", long_epochs, base.seed + s)) for s in range(self.seeds)]
+            if proxy is None or any(x is None for x in longs):
+                continue
+            rows.append({"model": i, "proxy": self._acc(proxy), "long": [self._acc(x) for x in longs],
+                         "truncated": self._acc_at(longs[0], base.epochs), "lr": proxy["lr"],
+                         "failed": sum(x["status"] != "ok" for x in [proxy, *longs])})
+        return rows
+
+    def _acc(self, record: dict) -> float:
+        acc = record.get("val_accuracy")
+        return acc if record["status"] == "ok" and acc is not None and math.isfinite(acc) else self.chance
+
+    def _acc_at(self, record: dict, epoch: int) -> float:
+        history = record.get("history") or []
+        value = history[epoch - 1] if len(history) >= epoch else None
+        return value if value is not None and math.isfinite(value) else self.chance
+
+    def write_report(self) -> dict:
+        base = self.spec.train
+        probe = self.data.get(dataclasses.replace(base, lr=0.1) if is_choice(base.lr) else base,
+                              self._size(self.spec))
+        rows = []
+        for row in self.table():
+            arch = self.models[row["model"]]
+            cost = architecture_cost(arch.model, input_size=self._size(arch), in_channels=probe.channels,
+                                     num_classes=probe.num_classes)
+            rows.append({**row, "params": cost.params, "macs": cost.macs})
+        report = {"space": self.spec.name, "n_planned": self.n, "factor": self.factor, "seeds": self.seeds,
+                  "proxy_epochs": base.epochs, "long_epochs": base.epochs * self.factor,
+                  "complete": len(rows) == self.n}
+        if len(rows) >= 3:
+            predictors = {"proxy": [r["proxy"] for r in rows],
+                          f"long_at_epoch_{base.epochs}": [r["truncated"] for r in rows],
+                          "params": [r["params"] for r in rows], "macs": [r["macs"] for r in rows]}
+            report.update(fidelity_stats.fidelity_report(predictors, [[r["long"][s] for r in rows]
+                                                                      for s in range(self.seeds)], k=self.top_k))
+        report["models"] = rows
+        report = fidelity_stats.finite(report)
+        (self.out / "fidelity.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        if len(rows) >= 3:
+            plot(report, self.out / "fidelity.png")
+        return report
+
+
+def summary(report: dict) -> str:
+    """A few lines a person reads: the proxy's figures, the baselines and the noise ceiling."""
+    if "predictors" not in report:
+        return f"fidelity: {len(report.get('models', []))} complete model(s) so far; at least 3 are needed"
+    lines = [f"fidelity of {report['space']} ({report['n']} of {report['n_planned']} architectures; proxy "
+             f"{report['proxy_epochs']} epochs vs a complete {report['long_epochs']}-epoch schedule, mean of "
+             f"{report['seeds']} seed(s)); long-run accuracies span {report['spread']:.3f}"]
+    rows = dict(report["predictors"])
+    if "noise_ceiling" in report:
+        rows["noise ceiling (seed vs seed)"] = report["noise_ceiling"]
+    for name, a in rows.items():
+        lines.append(f"  {name:<30} Spearman {_fmt(a['spearman'])} [{_fmt(a['spearman_ci'][0])}, "
+                     f"{_fmt(a['spearman_ci'][1])}]  Kendall {_fmt(a['kendall'])}  top-{a['top_k']} "
+                     f"{a['top_k_overlap']}/{a['top_k']}  regret {_fmt(a['regret'])}")
+    return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return "  nan" if x is None else f"{x:.3f}"
+
+
+def plot(report: dict, path: Path) -> None:
+    """Proxy vs long run, truncated long run vs long run, params vs long run, and seed vs seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    rows = report["models"]
+    truth = report["truth"]
+    panels = [(k, [r[{"proxy": "proxy", "params": "params", "macs": "macs"}.get(k, "truncated")] for r in rows])
+              for k in report["predictors"] if k != "macs"]
+    if "noise_ceiling" in report:
+        panels.append(("noise_ceiling", [r["long"][1] for r in rows]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    for ax, (name, xs) in zip(axes[0], panels):
+        ys = [r["long"][0] for r in rows] if name == "noise_ceiling" else truth
+        a = report["noise_ceiling"] if name == "noise_ceiling" else report["predictors"][name]
+        ax.scatter(xs, ys, s=18)
+        for r, x, y in zip(rows, xs, ys):
+            ax.annotate(str(r["model"]), (x, y), fontsize=7, alpha=0.6)
+        if name == "params":
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        label = {"noise_ceiling": "long run, seed 2", "params": "parameters"}.get(name, name.replace("_", " "))
+        ax.set_xlabel(label)
+        ax.set_ylabel("long run, seed 1" if name == "noise_ceiling" else "long-run accuracy (mean of seeds)")
+        rho = a["spearman"]
+        ax.set_title(f"{name.replace('_', ' ')}: Spearman {'nan' if rho is None else f'{rho:.2f}'}", fontsize=10)
+    fig.suptitle(f"{report['space']}: proxy {report['proxy_epochs']} vs {report['long_epochs']} epochs, "
+                 f"n={report['n']}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_fidelity(space: str, out: Optional[str] = None, n: int = 24, factor: int = 4, seeds: int = 2,
+                 top_k: int = 5, progress: Optional[Progress] = None, overrides=None) -> dict:
+    """Load the space, apply ``overrides(spec)`` (the CLI's flags), and run or resume its audit."""
+    spec = load_spec(space)
+    if overrides is not None:
+        spec = overrides(spec)
+    folder = Path(out) if out else Path("runs") / f"{spec.name}-fidelity"
+    return Audit(spec, folder, n=n, factor=factor, seeds=seeds, top_k=top_k, progress=progress).run()

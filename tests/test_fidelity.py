@@ -1,0 +1,89 @@
+"""A tiny real audit (3 architectures, 1-epoch proxy, synthetic data) that is interrupted and resumes."""
+
+import dataclasses
+import json
+
+import pytest
+
+import runners.train
+from runners.fidelity import Audit, draw_architectures, plan_runs
+from runners.progress import Progress
+from search_space.spec import load_spec
+
+from conftest import ROOT
+
+
+def tiny_spec():
+    spec = load_spec(ROOT / "spaces" / "resnest.yaml")
+    train = dataclasses.replace(spec.train, dataset="synthetic", synthetic_samples=100, epochs=1, batch_size=32, image_size=8,
+                                device="cpu")
+    return dataclasses.replace(spec, train=train)
+
+
+def test_draw_is_seeded_feasible_and_in_budget():
+    spec = dataclasses.replace(tiny_spec(), search=dataclasses.replace(tiny_spec().search, max_params=2.0e5))
+    first = draw_architectures(spec, 4, channels=3, num_classes=10, seed=5)
+    again = draw_architectures(spec, 4, channels=3, num_classes=10, seed=5)
+    assert [a.model for a in first] == [a.model for a in again]
+    from search_space.cost import architecture_cost
+
+    assert all(architecture_cost(a.model, input_size=16, in_channels=3, num_classes=10).params <= 2.0e5
+               for a in first)
+    assert len({str(a.model) for a in first}) == 4
+
+
+def test_plan_runs_proxies_first_then_long_runs_seed_by_seed():
+    runs = plan_runs(2, proxy_epochs=3, factor=4, seeds=2, base_seed=7)
+    assert [(r.model, r.kind, r.epochs, r.seed) for r in runs] == [
+        (0, "proxy", 3, 7), (1, "proxy", 3, 7), (0, "long", 12, 7), (1, "long", 12, 7),
+        (0, "long", 12, 8), (1, "long", 12, 8)]
+
+
+def test_audit_resumes_after_interruption(tmp_path, monkeypatch, single_thread):
+    real_train = runners.train.train
+    calls = []
+
+    def interrupted_after_four(*args, **kwargs):
+        calls.append(kwargs["config"] if "config" in kwargs else args[1])
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # as a Ctrl-C (or a kill) in the middle of the fifth run
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(runners.train, "train", interrupted_after_four)
+    quiet = Progress(tty=False, stream=open(tmp_path / "log.txt", "w"))
+    with pytest.raises(KeyboardInterrupt):
+        Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=2, progress=quiet).run()
+    done = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("models/*/*.json"))
+    assert done == ["models/0/long-e2-s0.json", "models/0/proxy-e1-s0.json", "models/1/proxy-e1-s0.json",
+                    "models/2/proxy-e1-s0.json"]
+    before = {p: (tmp_path / p).read_text() for p in done}
+
+    calls.clear()
+    monkeypatch.setattr(runners.train, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    report = Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=2, progress=quiet).run()
+    assert len(calls) == 5  # only the runs not finished before the interruption
+    assert {p: (tmp_path / p).read_text() for p in done} == before
+    assert report["complete"] and report["n"] == 3
+    assert set(report["predictors"]) == {"proxy", "long_at_epoch_1", "params", "macs"}
+    assert "noise_ceiling" in report
+    for row in report["models"]:
+        record = json.loads((tmp_path / "models" / str(row["model"]) / "long-e2-s1.json").read_text())
+        assert record["epochs"] == 2 and len(record["history"]) == 2
+        assert row["long"][1] == record["val_accuracy"]
+        assert row["truncated"] == json.loads(
+            (tmp_path / "models" / str(row["model"]) / "long-e2-s0.json").read_text())["history"][0]
+    saved = json.loads((tmp_path / "fidelity.json").read_text())
+    assert saved["predictors"]["proxy"]["spearman_ci"][0] <= saved["predictors"]["proxy"]["spearman_ci"][1]
+    assert (tmp_path / "fidelity.png").stat().st_size > 0
+
+    calls.clear()  # a third run finds everything done and trains nothing
+    Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=2, progress=quiet).run()
+    assert calls == []
+
+
+@pytest.mark.parametrize("flag, value, field", [("--n", "2", "--n"), ("--factor", "1", "--factor"),
+                                                ("--seeds", "0", "--seeds"), ("--epochs", "0", "--epochs")])
+def test_bad_flags_exit_2_with_one_line(cli, tmp_path, flag, value, field):
+    r = cli("fidelity", ROOT / "spaces" / "resnest.yaml", flag, value, "--out", tmp_path)
+    assert r.code == 2
+    assert r.err.count("\n") == 1 and field in r.err and value in r.err
