@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,12 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_space.blocks import BlockContext, block_type_names, get_block_type
+from search_space.blocks.layers import Counter
 from search_space.blocks.res2net import Res2NetConv
 from search_space.blocks.residual import MixerBlockType
 from search_space.blocks.sk import SelectiveKernel
 from search_space.blocks.split_attention import SplitAttention
 from search_space.compiler import build_model
 from search_space.cost import architecture_cost
+from search_space.schema import SpecError
 from search_space.spec import BlockSpec, load_spec
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -59,7 +62,10 @@ def forms(name: str) -> list[bool]:
 
 CL_CASES = [(name, bott, stride, io, extra)
             for name in TYPES for bott in forms(name) for stride in (1, 2) for io in ((16, 32), (32, 32))
-            for extra in ([{}, {"avd": True}, {"radix": 1, "cardinality": 4}] if name == "split_attention"
+            for extra in ([{}, {"avd": True}, {"avd": True, "avd_first": True}, {"radix": 1, "cardinality": 4}]
+                          if name == "split_attention"
+                          else [{}, {"sk_split": True, "sk_ratio": 0.125, "sk_divisor": 16}] if name == "sk"
+                          else [{}, {"rexnet_divisor": 8}] if name == "rexnet"
                           else [{}, {"attention": "scse"}] if "attention" in get_block_type(name).uses else [{}])]
 
 
@@ -374,6 +380,7 @@ model:
       blocks:
         - {type: split_attention, bottleneck_ratio: 0.5, cardinality: 2, radix: 2}
         - {type: sk, bottleneck_ratio: 0.5, cardinality: 2}
+        - {type: sk, bottleneck: false, sk_split: true, sk_ratio: 0.125, sk_divisor: 16}
         - {type: se, bottleneck: false}
     - width: 64
       stride: 2
@@ -382,7 +389,8 @@ model:
         - {type: grouped, bottleneck_ratio: 0.5, cardinality: 4}
         - {type: split_attention, bottleneck_ratio: 0.5, radix: 4, avd: true}
         - {type: plain, attention: se}
-    - {depth: 1, width: 128, stride: 2, block: {type: split_attention, cardinality: 2, radix: 2, avd: true}}
+    - {depth: 1, width: 128, stride: 2, block: {type: split_attention, cardinality: 2, radix: 2, avd: true,
+                                                avd_first: true}}
 """
 
 SMALL_RES2NET = """\
@@ -469,3 +477,170 @@ model:
         feats = model.forward_features(x)
         expected = feats.amax((2, 3)) if pool == "max" else feats.mean((2, 3))
         torch.testing.assert_close(model.forward_head(feats, pre_logits=True), expected)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Issue 8: SK with split input, ResNeSt avd_first, ReXNet channel divisor, tiered deep stem
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_sk_split_input_each_path_reads_its_half():
+    m = SelectiveKernel(32, 64, 1, groups=2, split=True, ratio=1 / 8, divisor=16)
+    assert m.path3[0].in_channels == m.path5[0].in_channels == 16
+    assert m.reduce[0].out_channels == make_divisible(64 / 8, 16) == 16
+    randomize_(m, seed=5)
+    m.eval()
+    x = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        p3, p5 = m.path3(x[:, :16]), m.path5(x[:, 16:])
+        logits = m.select(m.reduce((p3 + p5).mean((2, 3), keepdim=True))).view(2, 2, 64, 1, 1)
+        w = torch.softmax(logits, dim=1)
+        torch.testing.assert_close(m(x), p3 * w[:, 0] + p5 * w[:, 1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bottleneck", [True, False])
+def test_sk_split_cost_and_check(bottleneck):
+    kind = get_block_type("sk")
+    spec = block_spec("sk", bottleneck, sk_split=True, sk_ratio=0.125, sk_divisor=16)
+    full = block_spec("sk", bottleneck)
+    for ci, co, stride in ((32, 64, 2), (64, 64, 1)):
+        c, c_full = Counter(), Counter()
+        kind.cost(c, ci, co, stride, spec, BlockContext(), 8, 8)
+        kind.cost(c_full, ci, co, stride, full, BlockContext(), 8, 8)
+        block = kind.build(ci, co, stride, spec, BlockContext())
+        assert sum(p.numel() for p in block.parameters()) == c.params
+        assert c.params < c_full.params  # the two paths' convs read half the channels each
+    # Split input needs an even width at the SK's input (mid of a bottleneck, block input of a basic block).
+    odd = (8, 36) if bottleneck else (9, 32)  # mid 9 of 36 at ratio 0.25; basic input 9
+    bad = block_spec("sk", bottleneck, sk_split=True, **({"bottleneck_ratio": 0.25} if bottleneck else {}),
+                     cardinality=1)
+    assert kind.check(odd[0], odd[1], 1, bad, BlockContext())[0] == "sk_split"
+
+
+AVD_FIRST_CASES = [(1, 2), (2, 2), (2, 4), (1, 1)]
+
+
+@pytest.mark.parametrize("K, R", AVD_FIRST_CASES, ids=[f"K{k}-R{r}" for k, r in AVD_FIRST_CASES])
+def test_avd_first_pools_before_the_conv(K, R):
+    m = SplitAttention(32, 32, 2, radix=R, cardinality=K, avd=True, avd_first=True)
+    randomize_(m, seed=K * 10 + R)
+    m.eval()
+    x = torch.randn(3, 32, 9, 9)
+    with torch.no_grad():
+        got = m(x)
+        want = split_attention_reference(m, F.avg_pool2d(x, 3, 2, padding=1), 1, False)
+    assert got.shape == (3, 32, 5, 5)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # At stride 1 there is nothing to pool: avd_first changes nothing.
+    m1 = SplitAttention(32, 32, 1, radix=R, cardinality=K, avd=True, avd_first=True)
+    assert isinstance(m1.pool_first, nn.Identity) and isinstance(m1.pool, nn.Identity)
+
+
+AVD_ARCH = """\
+name: avd
+model:
+  input_size: 15
+  stem: {type: deep_tiered, width: 32}
+  downsample: avg
+  stages:
+    - {depth: 1, width: 64, stride: 1, block: {type: plain}}
+    - {depth: 2, width: 128, stride: 2, block: {type: split_attention, radix: 4, cardinality: 2, bottleneck_ratio: 0.5,
+       avd: true, avd_first: %s}}
+"""
+
+
+def test_avd_first_same_params_fewer_macs_and_cost_matches_the_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    figures = {}
+    for first in ("false", "true"):
+        arch = load_spec(AVD_ARCH % first).model
+        cost = architecture_cost(arch, in_channels=3, num_classes=10)
+        model = build_model(arch, 3, 10).eval()
+        assert sum(p.numel() for p in model.parameters()) == cost.params
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model(torch.randn(1, 3, 15, 15))
+        assert fc.get_total_flops() / 2 == cost.macs  # odd sizes too: ceil(15 / 2) after the pool
+        figures[first] = cost
+    assert figures["true"].params == figures["false"].params
+    assert figures["true"].macs < figures["false"].macs
+
+
+def test_tiered_deep_stem_widths():
+    arch = load_spec(AVD_ARCH % "true").model
+    model = build_model(arch, 3, 10)
+    convs = [m for m in model.stem.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [3 * (16 // 4), 16, 32]  # timm's resnet26t at width 64: 24-32-64
+    assert [c.stride for c in convs] == [(2, 2), (1, 1), (1, 1)]
+    with pytest.raises(SpecError, match="model.stem.width"):
+        load_spec((AVD_ARCH % "true").replace("width: 32}", "width: 6}"))
+
+
+@pytest.mark.parametrize("ci, expansion, se", [(27, 6.0, True), (16, 6.0, False), (38, 4.0, True), (32, 1.0, True)])
+def test_rexnet_divisor_rounds_depthwise_and_se_widths(ci, expansion, se):
+    from search_space.blocks.rexnet import LinearBottleneck
+
+    kind = get_block_type("rexnet")
+    for d in (1, 8, 16):
+        spec = BlockSpec(type="rexnet", expansion=expansion, se_rexnet=se, rexnet_divisor=d)
+        block = kind.build(ci, 64, 1, spec, BlockContext())
+        assert isinstance(block, LinearBottleneck)
+        dw = ci if expansion == 1.0 else make_divisible(round(ci * expansion), d)
+        assert block.conv_dw[0].out_channels == dw and block.conv_dw[0].groups == dw
+        if se:
+            assert block.se.fc1.out_channels == make_divisible(int(dw / 12), d)
+        c = Counter()
+        kind.cost(c, ci, 64, 1, spec, BlockContext(), 8, 8)
+        assert sum(p.numel() for p in block.parameters()) == c.params
+
+
+@pytest.mark.parametrize("text, path", [
+    ("{type: rexnet, expansion: 1, se_rexnet: false, rexnet_divisor: 8}", "rexnet_divisor"),
+    ("{type: split_attention, avd: false, avd_first: true}", "avd_first"),
+    ("{type: plain, sk_split: true}", "sk_split"),
+    ("{type: sk, avd_first: true}", "avd_first"),
+])
+def test_new_keys_where_they_do_not_apply_are_errors(text, path):
+    spec = f"model:\n  input_size: 16\n  stages:\n    - {{width: 64, block: {text}}}\n"
+    with pytest.raises(SpecError, match=rf"model\.stages\.0\.block\.{path}"):
+        load_spec(spec)
+
+
+def test_avd_first_is_asked_only_after_avd_is_drawn_true():
+    from search_space.sampling import RandomSuggester, sample
+
+    space = load_spec("model:\n  input_size: 16\n  stages:\n    - {width: 64, stride: 2, block: "
+                      "{type: split_attention, avd: {choice: [false, true]}, avd_first: {choice: [false, true]}}}\n")
+    asked = set()
+    for seed in range(30):
+        rec = RandomSuggester(seed)
+        arch = sample(space, rec)
+        avd = rec.params["stages.0.blocks.0.avd"]
+        assert ("stages.0.blocks.0.avd_first" in rec.params) == avd
+        assert arch.model.stages[0].blocks[0].avd_first == rec.params.get("stages.0.blocks.0.avd_first", False)
+        asked.add(avd)
+    assert asked == {False, True}
+
+
+def test_family_space_draws_the_new_keys():
+    """spaces/family.yaml offers every key of issue 8, so its 200-sample tests (tests/test_spaces.py: compile, cost
+    equal to the built module, MACs against the flop counter) cover them; here: its samples really draw them."""
+    from search_space.sampling import InfeasibleSample, RandomSuggester, sample
+
+    space = load_spec(Path(__file__).resolve().parents[1] / "spaces" / "family.yaml")
+    seen = set()
+    for seed in range(200):
+        try:
+            arch = sample(space, RandomSuggester(seed)).model
+        except InfeasibleSample:
+            continue
+        seen.add(("stem", arch.stem.type))
+        for i, stage in enumerate(arch.stages):
+            for b in stage.blocks:
+                if b.type == "sk":
+                    seen.add(("sk_split", b.sk_split))
+                    seen.add(("sk_ratio", b.sk_ratio))
+                if b.type == "split_attention" and b.avd and stage.stride > 1:
+                    seen.add(("avd_first", b.avd_first))
+    assert {("stem", "deep_tiered"), ("sk_split", True), ("sk_split", False), ("sk_ratio", 0.125),
+            ("avd_first", True), ("avd_first", False)} <= seen

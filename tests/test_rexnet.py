@@ -171,3 +171,56 @@ def test_schedule_off_keeps_stage_widths():
     _, widths, _ = model_widths(spec.model)
     assert widths == [[24, 24]]
     assert "widths" not in dump_spec(spec)
+
+
+# ReXNet-R (issue 8): widths, depthwise and SE widths rounded to multiples of a divisor.
+ZOO_R = ROOT / "spaces" / "zoo" / "rexnetr_100.yaml"
+
+
+def with_divisor(model, multiplier: float, divisor: int):
+    """The ReXNet-R file at another multiplier and divisor (the first block reads no divisor: no expansion, no SE)."""
+    stages = [dataclasses.replace(s, blocks=[dataclasses.replace(b, rexnet_divisor=divisor)
+                                             if b.expansion != 1.0 or b.se_rexnet else b for b in s.blocks])
+              for s in model.stages]
+    widths = dataclasses.replace(model.widths, multiplier=multiplier, divisor=divisor)
+    return dataclasses.replace(model, widths=widths, stages=stages)
+
+
+def test_rexnetr_widths_are_multiples_of_eight():
+    arch = load_spec(ZOO_R).model
+    stem, widths, head = model_widths(arch)
+    flat = [w for stage in widths for w in stage]
+    # make_divisible(round(16 + i * 180 / 16), 8), never below 90% of the unrounded width: 27 -> 24 < 24.3 -> 32
+    assert flat == [16, 32, 40, 48, 64, 72, 88, 96, 104, 120, 128, 144, 152, 160, 176, 184]
+    assert (stem, head) == (32, 1280)
+    model = build_model(arch)
+    dws = [b.conv_dw[0].out_channels for stage in model.stages for b in stage]
+    ses = [b.se.fc1.out_channels for stage in model.stages for b in stage if not isinstance(b.se, torch.nn.Identity)]
+    assert all(d % 8 == 0 for d in dws[1:]) and all(r % 8 == 0 for r in ses)
+    assert dws[0] == 32  # expansion 1: the depthwise conv keeps the stem's width
+
+
+@pytest.mark.parametrize("multiplier, divisor, params, stem, head", [
+    # timm 1.0.31: rexnetr_130/150/200 use ch_div 8, rexnetr_300 ch_div 16; sum(p.numel()) of timm's models
+    (1.3, 8, 7_608_080, 40, 1664), (1.5, 8, 9_782_256, 48, 1920), (2.0, 8, 16_522_432, 64, 2560),
+    (3.0, 16, 34_810_008, 96, 3840)])
+def test_rexnetr_variants_from_the_same_file(multiplier, divisor, params, stem, head):
+    model = with_divisor(load_spec(ZOO_R).model, multiplier, divisor)
+    assert architecture_cost(model).params == params
+    s, _, h = model_widths(model)
+    assert (s, h) == (stem, head)
+
+
+def test_space_draws_both_divisors():
+    space = load_spec(SPACE)
+    seen = set()
+    for seed in range(40):
+        suggest = RandomSuggester(seed)
+        try:
+            arch = sample(space, suggest).model
+        except InfeasibleSample:
+            continue
+        seen.add(("widths", arch.widths.divisor))
+        seen |= {("block", b.rexnet_divisor) for s in arch.stages for b in s.blocks}
+        assert arch.stages[0].blocks[0].rexnet_divisor == 1  # expansion 1, no SE: never asked
+    assert seen == {("widths", 1), ("widths", 8), ("block", 1), ("block", 8)}
