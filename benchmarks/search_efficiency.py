@@ -23,7 +23,7 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from runners.progress import Progress
-from runners.optuna_engine import SearchRun, TrialFailed
+from runners.optuna_engine import SearchRun
 from runners.train import cpu_threads
 from search_space.spec import load_spec
 
@@ -42,7 +42,7 @@ def search_once(spec, sampler: str, pruner: str, seed: int, budget: int, out: Pa
     study = run.open()
     start = time.perf_counter()
     while epochs_spent(study) < budget:
-        study.optimize(run.objective, n_trials=1, catch=(TrialFailed,))
+        run.run_one()
     full = spec.train.epochs
     scores = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
               if t.user_attrs.get("epochs") == full]

@@ -2,14 +2,19 @@
 
 Every process that runs the same command on the same storage joins the same study and runs trials until the
 study holds ``search.trials`` finished ones, so a rerun resumes, several processes share the work, and a killed
-process loses only the trial it was running (see :mod:`runners.storage`). A trial's outcome is in its user
-attrs (``status``, ``reason``, ``epochs``, ``params`` ...) and in ``trials/<number>/``; failures are FAIL trials,
-infeasible and over-budget samples are pruned in milliseconds, weak trials are pruned on their per-epoch
-validation accuracy.
+process loses only the trial it was running (see :mod:`runners.storage`). The loop asks and tells Optuna itself
+so that the order of the records is fixed: a trial is claimed by its worker the moment it is created, the study
+records its result first, and ``trials/<n>/metrics.json`` is written after that (from a ``metrics.pending.json``
+kept since the trial ended), so the files never claim more than the study; on resume and at the end the files
+are reconciled with the study, which is the truth. Failures are FAIL trials with a status and a reason;
+infeasible and over-budget samples are pruned in milliseconds; weak trials are pruned on their per-epoch
+validation accuracy (single-objective searches on ``val_accuracy``, never before warmup has ended).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import multiprocessing
 import os
 import time
@@ -18,6 +23,8 @@ from pathlib import Path
 from typing import Optional
 
 import optuna
+from optuna.samplers._lazy_random_state import LazyRandomState
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from search_space.config import SearchConfig
@@ -28,16 +35,17 @@ from search_space.spec import Spec, load_spec
 from .progress import Progress
 from .results import (Counts, TrialRecord, counts, final_training, status_head, summary_line, trial_line,
                       write_results)
-from .storage import (check_workers, is_sqlite, open_storage, recover_lost_trials, retry_trial, storage_url,
+from .signals import Interrupted, StopSignals, die_with_parent
+from .storage import (RunLock, check_study_known, check_study_present, check_workers, claim, is_sqlite, masked,
+                      open_storage, recover_lost_trials, retry_trial, sqlite_path, storage_url, without_password,
                       worker_identity)
-from .trial import DataCache, Evaluator, Outcome, TrialHooks, direction, trial_dir, write_json
+from .trial import (DataCache, Evaluator, Outcome, TrialHooks, direction, first_line, is_disk_full, preflight,
+                    trial_dir, write_json, write_text)
 
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
           TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
-
-
-class TrialFailed(Exception):
-    """Raised by the objective so Optuna records the trial as FAIL (its reason is in the user attrs)."""
+TELL = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
+WAIT_S = 2.0  # how often a process with nothing left to start looks at the trials running elsewhere
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -47,6 +55,44 @@ class TrialFailed(Exception):
 
 def startup_trials(search: SearchConfig) -> int:
     return search.startup_trials if search.startup_trials is not None else min(10, max(3, search.trials // 4))
+
+
+class PerTrialSeed(optuna.samplers.BaseSampler):
+    """Reseeds the wrapped sampler from (seed, trial number) before every trial.
+
+    A trial's random draws then depend on its number only, not on the process or the storage: a single process
+    reproduces a run on SQLite and on a journal file alike, and processes sharing a study never draw the same
+    random trials (they never get the same number)."""
+
+    def __init__(self, sampler: optuna.samplers.BaseSampler, seed: int):
+        self.sampler = sampler
+        self.seed = seed
+
+    def _reseed(self, obj, seed: int, depth: int = 0) -> None:
+        for name, value in list(vars(obj).items()):
+            if isinstance(value, LazyRandomState):
+                setattr(obj, name, LazyRandomState(seed))
+            elif depth < 2 and (isinstance(value, optuna.samplers.BaseSampler) or hasattr(value, "_rng")):
+                self._reseed(value, seed + 1 + depth, depth + 1)
+
+    def before_trial(self, study, trial):
+        self._reseed(self.sampler, (self.seed * 1_000_003 + trial.number * 7_919) % 2**32)
+        self.sampler.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.sampler.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.sampler.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.sampler.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values):
+        self.sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()
 
 
 def make_sampler(search: SearchConfig, n_objectives: int, parallel: bool, seed: int) -> optuna.samplers.BaseSampler:
@@ -65,9 +111,19 @@ def make_sampler(search: SearchConfig, n_objectives: int, parallel: bool, seed: 
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, startup))
 
 
-def make_pruner(search: SearchConfig, epochs: int, objectives: list[str]) -> tuple[optuna.pruners.BasePruner, str]:
+def warmup_end(spec: Spec) -> int:
+    """The first epoch whose accuracy was not measured during warmup (warmup epochs rounded up, plus one)."""
+    w = spec.train.warmup_epochs
+    if is_choice(w):
+        w = max(w.options) if hasattr(w, "options") else w.high
+    return math.ceil(float(w)) + 1
+
+
+def make_pruner(search: SearchConfig, epochs: int, objectives: list[str],
+                first_epoch: int = 1) -> tuple[optuna.pruners.BasePruner, str]:
     """The pruner and a note for the user ('' when none is needed). Pruning reads the per-epoch validation
-    accuracy, so it serves a search on ``val_accuracy`` alone."""
+    accuracy, so it serves a search on ``val_accuracy`` alone, and never before ``first_epoch`` (the end of
+    warmup: accuracy during warmup is near chance and ranks nothing)."""
     if search.pruner == "none":
         return optuna.pruners.NopPruner(), ""
     if len(objectives) > 1:
@@ -76,7 +132,7 @@ def make_pruner(search: SearchConfig, epochs: int, objectives: list[str]) -> tup
     if objectives != ["val_accuracy"]:
         return optuna.pruners.NopPruner(), (f"note: pruning reads validation accuracy; pruner '{search.pruner}' "
                                             f"is off for objective {objectives[0]}")
-    first = min(search.pruner_min_epochs, epochs)
+    first = min(max(search.pruner_min_epochs, first_epoch), epochs)
     if search.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=search.pruner_startup_trials, n_warmup_steps=first), ""
     if search.pruner == "successive_halving":
@@ -96,12 +152,21 @@ def max_epochs(spec: Spec) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _attrs(t) -> dict:
+    attrs = dict(t.user_attrs)
+    if t.state == TrialState.FAIL and attrs.get("status") in (None, "running"):
+        # failed by Optuna's heartbeat (its worker stopped) before anyone could write why
+        attrs.update(status="lost", reason=attrs.get("reason") or "its worker stopped (no heartbeat); retried")
+    return attrs
+
+
 def records_from_study(study: optuna.Study) -> list[TrialRecord]:
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     return [TrialRecord(number=t.number, state=STATES.get(t.state, "failed"),
                         values=list(t.values) if t.state == TrialState.COMPLETE and t.values else None,
-                        params=dict(t.params), attrs=dict(t.user_attrs), counted=t.number not in retried)
+                        params=dict(t.params), attrs=_attrs(t),
+                        counted=t.number not in retried and t.user_attrs.get("counted", True))
             for t in trials]
 
 
@@ -112,25 +177,81 @@ def trial_counts(study: optuna.Study) -> Counts:
 
 
 def records_from_storage(info: dict, run_dir: Path) -> list[TrialRecord]:
-    """The records of a run's study, read from the storage its run.json names (never creating one)."""
+    """The records of a run's study, read from the storage its run.json names (read-only, never creating one)."""
     url = info.get("storage", "")
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.exists() or path.stat().st_size == 0:
-            raise SpecError("", f"{run_dir}: its study file {path} is missing or empty")
-    if url.startswith("journal:") and not Path(url.removeprefix("journal:")).exists():
-        raise SpecError("", f"{run_dir}: its journal file {url.removeprefix('journal:')} is missing")
+    if not isinstance(url, str) or not isinstance(info.get("study_name"), str):
+        raise SpecError("", f"{run_dir / 'run.json'}: no storage or study_name; rerun `search run` to rewrite it")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = open_storage(url)
     try:
+        storage = open_storage(url, read_only=True)
         study = optuna.load_study(study_name=info["study_name"], storage=storage)
+    except SpecError as e:
+        raise SpecError("", f"{run_dir}: {e.message if hasattr(e, 'message') else e}") from None
     except KeyError:
-        raise SpecError("", f"{run_dir}: study {info['study_name']!r} not found in {url}") from None
+        raise SpecError("", f"{run_dir}: study {info['study_name']!r} not found in {masked(url)}") from None
+    except Exception as e:  # noqa: BLE001 - a damaged study file
+        raise SpecError("", f"{run_dir}: cannot read its study in {masked(url)}: {first_line(e)}") from None
     return records_from_study(study)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The objective: the trial core, answered by an Optuna trial
+# trials/<n>/ agrees with the study
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def pending_path(out: Path, number: int) -> Path:
+    return trial_dir(out, number) / "metrics.pending.json"
+
+
+def _read(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def write_metrics(out: Path, frozen, info: Optional[dict] = None) -> None:
+    """``trials/<n>/metrics.json`` as the study records the trial: the trial core's full outcome when it is at
+    hand (``info`` or the pending file), else what the study's user attrs keep."""
+    state = STATES.get(frozen.state, "failed")
+    attrs = _attrs(frozen)
+    base = info or _read(pending_path(out, frozen.number)) or {
+        "trial": frozen.number, **{k: v for k, v in attrs.items() if k not in ("worker_info",)},
+        "optuna_params": dict(frozen.params)}
+    values = None
+    if frozen.state == TrialState.COMPLETE and frozen.values:
+        objectives = (base.get("values") or {}).keys() or [f"objective_{i}" for i in range(len(frozen.values))]
+        values = dict(zip(objectives, frozen.values))
+    data = {**base, "state": state, "status": attrs.get("status", base.get("status")),
+            "reason": attrs.get("reason", base.get("reason", "")), "values": values}
+    if not frozen.user_attrs.get("counted", True):
+        data["counted"] = False
+    write_json(trial_dir(out, frozen.number) / "metrics.json", data)
+    pending_path(out, frozen.number).unlink(missing_ok=True)
+
+
+def reconcile_files(study: optuna.Study, out: Path, numbers: Optional[set[int]] = None) -> int:
+    """Rewrite the ``metrics.json`` of every finished trial whose file is missing or disagrees with the study (a
+    kill between the two writes, a trial lost or failed by another process). Returns how many were rewritten."""
+    fixed = 0
+    for t in study.get_trials(deepcopy=False):
+        if not t.state.is_finished() or (numbers is not None and t.number not in numbers):
+            continue
+        have = _read(trial_dir(out, t.number) / "metrics.json")
+        agree = have is not None and have.get("state") == STATES[t.state] and \
+            have.get("status") == _attrs(t).get("status") and \
+            (t.state != TrialState.COMPLETE or list((have.get("values") or {}).values()) == list(t.values))
+        if agree:
+            pending_path(out, t.number).unlink(missing_ok=True)
+            continue
+        write_metrics(out, t)
+        fixed += 1
+    return fixed
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The trial core, answered by an Optuna trial
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -147,8 +268,6 @@ class OptunaHooks(TrialHooks):
             self.trial.set_constraint(key, value)
 
     def on_arch(self, number, arch_yaml):
-        from .trial import write_text
-
         write_text(trial_dir(self.run.out, number) / "arch.yaml", arch_yaml)
 
     def report(self, epoch, metrics):
@@ -162,40 +281,6 @@ class OptunaHooks(TrialHooks):
         return self.trial.params
 
 
-class Objective:
-    """Optuna's objective: the trial core's outcome as a value, ``TrialPruned`` or :class:`TrialFailed`."""
-
-    def __init__(self, run: "SearchRun"):
-        self.run = run
-        self.current: Optional[optuna.Trial] = None
-
-    def __call__(self, trial: optuna.Trial):
-        self.current = trial
-        run = self.run
-        trial.set_user_attr("worker", run.worker_name)
-        trial.set_user_attr("worker_info", {**run.identity, "trial": trial.number})
-        trial.set_user_attr("status", "running")
-        warm = trial.user_attrs.get("warm_start")
-        hooks = OptunaHooks(run, trial)
-        outcome = run.evaluator.evaluate(trial.number, trial, hooks, warm=warm,
-                                         in_space=trial.user_attrs.get("in_space", True))
-        outcome.info["distributions"] = {k: optuna.distributions.distribution_to_json(d)
-                                         for k, d in trial.distributions.items()}
-        write_json(trial_dir(run.out, trial.number) / "metrics.json", outcome.info)
-        run.progress.line(trial_line(trial.number, outcome.state, outcome.info, run.prefix))
-        return self._finish(outcome)
-
-    @staticmethod
-    def _finish(outcome: Outcome):
-        if outcome.status == "interrupted":
-            raise KeyboardInterrupt
-        if outcome.state == "complete":
-            return outcome.values[0] if len(outcome.values) == 1 else outcome.values
-        if outcome.state == "pruned":
-            raise optuna.TrialPruned(outcome.reason)
-        raise TrialFailed(outcome.reason)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The run: one process's share of the study
 # ----------------------------------------------------------------------------------------------------------------
@@ -205,12 +290,13 @@ class SearchRun:
     """Opens (or joins) the study of a spec and runs trials until the study holds ``search.trials``."""
 
     def __init__(self, spec: Spec, out: Path, progress: Optional[Progress] = None, worker_index: int = 0,
-                 spec_path: Optional[str] = None):
+                 spec_path: Optional[str] = None, parent_pid: Optional[int] = None):
         self.spec = spec
         self.out = Path(out)
         self.progress = progress or Progress()
         self.worker_index = worker_index
         self.spec_path = spec_path
+        self.parent_pid = parent_pid
         self.identity = worker_identity()
         self.worker_name = f"{self.identity['host']}:{self.identity['pid']}"
         self.prefix = f"[worker {worker_index}] " if worker_index else ""
@@ -219,11 +305,15 @@ class SearchRun:
         self.directions = [direction(o) for o in self.objectives]
         self.data = DataCache()
         self.study: Optional[optuna.Study] = None
+        self.lock: Optional[RunLock] = None
+        self.current: Optional[optuna.Trial] = None
         self._status_head = ""
 
     # setup -----------------------------------------------------------------------------------------------------
 
     def open(self, create: bool = True) -> optuna.Study:
+        """Join the study (``create``: the first process of a run, which also checks the data, takes the SQLite
+        lock and writes run.json). Bad input raises :class:`SpecError` before any trial exists."""
         from runners.train import resolve_device
 
         search = self.spec.search
@@ -233,6 +323,12 @@ class SearchRun:
         self.device = resolve_device(self.spec.train.device)
         self.evaluator = Evaluator(self.spec, self.device, self.data, worker=self.worker_name)
         warm = [self._warm_start_params(p) for p in search.warm_start]  # bad files fail before anything runs
+        if create:
+            self._check_out()
+            preflight(self.spec, self.device, self.data)  # data and recipe, before the study holds any trial
+            check_study_present(self.url, self.out)
+            if is_sqlite(self.url):
+                self.lock = RunLock(sqlite_path(self.url)).acquire()
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened to each trial
         storage = open_storage(self.url)
         name = search.study_name or self.spec.name
@@ -240,29 +336,36 @@ class SearchRun:
             try:
                 study = optuna.load_study(study_name=name, storage=storage)
             except KeyError:
-                raise SpecError("search.study_name", f"no study {name!r} in {self.url}") from None
+                raise SpecError("search.study_name", f"no study {name!r} in {masked(self.url)}") from None
         else:
+            check_study_known(optuna.get_all_study_names(storage), name, self.url, self.out)
             study = optuna.create_study(storage=storage, study_name=name, directions=self.directions,
                                         load_if_exists=True)
         if create and "objectives" not in study.user_attrs:
             study.set_user_attr("objectives", self.objectives)
         have = [d.name.lower() for d in study.directions]
         if have != self.directions:
-            raise SpecError("search.objectives", f"study {name!r} in {self.url} optimises {have}, not "
+            raise SpecError("search.objectives", f"study {name!r} in {masked(self.url)} optimises {have}, not "
                             f"{self.directions} ({self.objectives}); use another --study-name or --out")
-        existing = len(study.get_trials(deepcopy=False))
         parallel = search.workers > 1 or not is_sqlite(self.url)
-        seed = search.seed + 7919 * existing + 104729 * self.worker_index
-        if parallel:  # processes started at once on one storage must not draw the same random trials
-            seed = hash((seed, self.identity["host"], self.identity["pid"])) % 2**31
-        pruner, self.pruner_note = make_pruner(search, max_epochs(self.spec), self.objectives)
-        self.study = optuna.load_study(study_name=name, storage=storage, pruner=pruner,
-                                       sampler=make_sampler(search, len(self.objectives), parallel, seed))
-        self.objective = Objective(self)
+        pruner, self.pruner_note = make_pruner(search, max_epochs(self.spec), self.objectives, warmup_end(self.spec))
+        sampler = PerTrialSeed(make_sampler(search, len(self.objectives), parallel, search.seed), search.seed)
+        self.study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
         if create:
             self._enqueue_warm_starts(warm)
             self.write_run_json()
         return self.study
+
+    def _check_out(self) -> None:
+        """The run directory can be made and written (a read-only place, a file in the way) before anything runs."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise SpecError("--out", f"cannot write the run directory {self.out}: {e.strerror or e}; "
+                                     f"choose a writable --out") from None
 
     def _warm_start_params(self, path: str) -> tuple[str, Optional[dict]]:
         arch = load_spec(path)
@@ -280,10 +383,16 @@ class SearchRun:
                 self.study.enqueue_trial(params or {}, user_attrs={"warm_start": path, "in_space": params is not None})
 
     def write_run_json(self) -> None:
+        """run.json names the storage without its password (libpq reads PGPASSWORD or ~/.pgpass on resume)."""
         write_json(self.out / "run.json", {
-            "name": self.spec.name, "backend": "optuna", "spec": self.spec_path, "storage": self.url,
-            "study_name": self.study.study_name, "objectives": self.objectives, "trials": self.spec.search.trials,
-            "top": self.spec.search.top})
+            "name": self.spec.name, "backend": "optuna", "spec": self.spec_path,
+            "storage": without_password(self.url), "study_name": self.study.study_name,
+            "objectives": self.objectives, "trials": self.spec.search.trials, "top": self.spec.search.top})
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def trial_dir(self, number: int) -> Path:
         return trial_dir(self.out, number)
@@ -295,58 +404,144 @@ class SearchRun:
 
     # the loop --------------------------------------------------------------------------------------------------
 
-    def run_trials(self) -> Counts:
-        """Run trials until the study holds enough (counting those in flight elsewhere) or the timeout passes."""
+    def recover(self) -> None:
+        """Fail and re-enqueue the trials of dead workers, and give them (and any file a kill left behind) a
+        ``metrics.json`` that agrees with the study."""
+        lost = recover_lost_trials(self.study, exclusive=self.lock is not None, own=self.identity,
+                                   current=self.current._trial_id if self.current else None)
+        for n in lost:
+            self.progress.line(f"{self.prefix}trial {n:>3} lost     (its process died; enqueued again)")
+        if lost:
+            reconcile_files(self.study, self.out, set(lost))
+
+    def run_trials(self, stop_when_idle: bool = False) -> Counts:
+        """Run trials until the study holds enough or the timeout passes. While the trials still missing are
+        running in other processes, wait for them: a dead one is failed and retried (by its host's pid, its
+        heartbeat or its age), and this process then runs it. ``stop_when_idle``: return instead of waiting."""
         search = self.spec.search
         deadline = time.monotonic() + search.timeout if search.timeout is not None else None
+        reconcile_files(self.study, self.out)
         while True:
-            for n in recover_lost_trials(self.study):
-                self.progress.line(f"{self.prefix}trial {n:>3} lost     (its process died; enqueued again)")
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                raise Interrupted(15)  # the parent is gone (where PR_SET_PDEATHSIG does not exist)
+            self.recover()
             c = trial_counts(self.study)
             self._status_head = status_head(c, search.trials)
-            if c.done >= search.trials or (c.done + c.running >= search.trials and c.waiting == 0):
+            if c.done >= search.trials:
                 return c
             if deadline is not None and time.monotonic() >= deadline:
                 self.progress.line(f"{self.prefix}timeout of {search.timeout:g}s reached; no new trials")
                 return c
+            if c.done + c.running >= search.trials and c.waiting == 0:
+                if stop_when_idle:
+                    return c
+                self.show_status(f"waiting for {c.running} trial(s) running in other processes", force=True)
+                time.sleep(WAIT_S)
+                continue
             self.show_status("sampling", force=True)
-            try:
-                self.study.optimize(self.objective, n_trials=1, catch=(TrialFailed,))
-            except KeyboardInterrupt:
-                self._retry_current()
-                raise
+            self.run_one()
 
-    def _retry_current(self) -> None:
-        """An interrupted trial is failed and enqueued again, so rerunning the command picks it up."""
-        trial = self.objective.current
-        if trial is None:
-            return
-        frozen = self.study._storage.get_trial(trial._trial_id)
-        if frozen.user_attrs.get("status") not in ("running", "interrupted"):
-            return  # it had finished when the interrupt came
-        if frozen.state == TrialState.RUNNING:
-            try:
-                self.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
-            frozen = self.study._storage.get_trial(trial._trial_id)
-        if frozen.state == TrialState.FAIL:
-            retry_trial(self.study, frozen)
+    def run_one(self) -> Optional[Outcome]:
+        """Ask for a trial, claim it, evaluate it, tell the study, then write its files."""
+        study = self.study
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # heartbeats outside study.optimize warn
+            trial = study.ask()
+        self.current = trial
+        try:
+            claim(trial._trial_id, trial.number, study._storage, self.identity)
+            hooks = OptunaHooks(self, trial)
+            with get_heartbeat_thread(trial._trial_id, study._storage):
+                outcome = self.evaluator.evaluate(trial.number, trial, hooks, warm=trial.user_attrs.get("warm_start"),
+                                                  in_space=trial.user_attrs.get("in_space", True))
+                outcome.info["distributions"] = {k: optuna.distributions.distribution_to_json(d)
+                                                 for k, d in trial.distributions.items()}
+                if outcome.status != "interrupted":
+                    write_json(pending_path(self.out, trial.number), outcome.info)
+        except KeyboardInterrupt as e:
+            self._stop(trial, "interrupted", f"interrupted ({e or 'Ctrl-C'}) while preparing the trial")
+            raise
+        except SpecError as e:  # bad input only a trial could find (the data of a sampled recipe)
+            trial.set_user_attr("counted", False)
+            self._stop(trial, "bad_input", str(e), retry=False)
+            raise
+        except OSError as e:
+            reason = f"cannot write {e.filename or 'the trial directory'}: {e.strerror or e}"
+            if is_disk_full(e):  # writing again will not help: stop with one line; the trial runs again later
+                self._stop(trial, "error", reason)
+                raise SpecError("--out", f"{reason}; free space (or fix the permissions) and rerun the same "
+                                         f"command to resume") from None
+            self._stop(trial, "error", reason, retry=False)
+            return None
+        except Exception as e:  # a bug: record why on the trial, then let it surface
+            self._stop(trial, "error", f"{type(e).__name__}: {first_line(e)}", retry=False)
+            raise
+        if outcome.status == "interrupted":
+            self._stop(trial, "interrupted", outcome.reason)
+            raise KeyboardInterrupt(outcome.reason)
+        values = outcome.values if outcome.state == "complete" else None
+        try:
+            frozen = study.tell(trial, values, state=TELL[outcome.state], skip_if_finished=True)
+        except ValueError as e:  # a value Optuna refuses (NaN): a failure with its reason, not a crash
+            trial.set_user_attr("status", "error")
+            trial.set_user_attr("reason", f"Optuna refused the result: {first_line(e)}")
+            frozen = study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        self.current = None
+        frozen = study._storage.get_trial(trial._trial_id)
+        write_metrics(self.out, frozen, outcome.info if frozen.state == TELL[outcome.state] else None)
+        self.progress.line(trial_line(trial.number, STATES[frozen.state], _attrs(frozen) | {
+            k: v for k, v in outcome.info.items() if k in ("val_accuracy", "params", "seconds", "epochs",
+                                                            "latency_ms", "blocks", "warm_start")}, self.prefix))
+        return outcome
+
+    def _stop(self, trial: optuna.Trial, status: str, reason: str, retry: bool = True) -> None:
+        """End a trial that did not finish on its own: record why, fail it, enqueue it again (``retry``), and
+        write its metrics.json. Runs while further signals are ignored (see :mod:`runners.signals`)."""
+        storage = self.study._storage
+        self.current = None
+        try:
+            frozen = storage.get_trial(trial._trial_id)
+            if frozen.state == TrialState.RUNNING:
+                storage.set_trial_user_attr(trial._trial_id, "status", status)
+                storage.set_trial_user_attr(trial._trial_id, "reason", reason + ("; retried" if retry else ""))
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            frozen = storage.get_trial(trial._trial_id)
+            if retry and frozen.state == TrialState.FAIL and frozen.user_attrs.get("status") == status:
+                retry_trial(self.study, frozen)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            frozen = storage.get_trial(trial._trial_id)
+        try:
+            write_metrics(self.out, frozen)
+        except OSError:
+            pass  # the study holds the record; the next run reconciles the file
 
 
-def _worker_main(spec: Spec, out: str, index: int, threads: int) -> None:
-    """A local worker process (``--workers N``): joins the study and shares its trials."""
+def _worker_main(spec: Spec, out: str, index: int, threads: int, parent_pid: int) -> None:
+    """A local worker process (``--workers N``): joins the study and shares its trials; stops with its parent."""
     import torch
 
     torch.set_num_threads(threads)
-    try:
-        run = SearchRun(spec, Path(out), worker_index=index)
-        run.open(create=False)
-        run.run_trials()
-    except KeyboardInterrupt:
-        pass
-    except SpecError as e:
-        print(f"[worker {index}] error: {e}", flush=True)
+    with StopSignals():
+        try:
+            die_with_parent(parent_pid)
+            run = SearchRun(spec, Path(out), worker_index=index, parent_pid=parent_pid)
+            run.open(create=False)
+            run.run_trials(stop_when_idle=True)
+        except KeyboardInterrupt:
+            pass
+        except SpecError as e:
+            print(f"[worker {index}] error: {e}", flush=True)
+
+
+def _stop_children(children: list) -> None:
+    for p in children:
+        if p.is_alive():
+            p.terminate()  # SIGTERM: the child records its trial as interrupted and enqueues it again
+    for p in children:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+            p.join()
 
 
 def run_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress: Optional[Progress] = None,
@@ -354,14 +549,27 @@ def run_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress:
     """Run (or resume, or join) the study of ``spec``; write the results; return a summary dict.
 
     ``threads``: torch threads per worker process on the CPU (default: :func:`runners.train.cpu_threads`).
+    SIGINT, SIGTERM and SIGHUP raise :class:`~runners.signals.Interrupted` (a KeyboardInterrupt) after the running
+    trial is recorded and enqueued again.
     """
+    with StopSignals():
+        run = SearchRun(spec, Path(out), progress or Progress(), spec_path=spec_path)
+        try:
+            return _run(run, threads)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            raise SpecError("--out", f"cannot write {e.filename or out}: {e.strerror or e}; free space (or fix the "
+                                     f"permissions) and rerun the same command to resume") from None
+        finally:
+            run.close()
+
+
+def _run(run: SearchRun, threads: Optional[int]) -> dict:
     import torch
 
-    progress = progress or Progress()
-    out = Path(out)
-    run = SearchRun(spec, out, progress, spec_path=spec_path)
+    spec, out, progress, search = run.spec, run.out, run.progress, run.spec.search
     study = run.open()
-    search = spec.search
     if run.device.type == "cpu" or threads:
         from runners.train import cpu_threads
 
@@ -370,7 +578,7 @@ def run_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress:
     else:
         threads = max(1, (os.cpu_count() or 1) // search.workers)
     c = trial_counts(study)
-    progress.line(f"search {spec.name}: study '{study.study_name}' in {run.url}, {search.trials} trials, "
+    progress.line(f"search {spec.name}: study '{study.study_name}' in {masked(run.url)}, {search.trials} trials, "
                   f"{search.sampler} + {search.pruner if not run.pruner_note else 'no pruning'}, "
                   f"objectives {', '.join(run.objectives)}, device {run.device}"
                   + (f" ({threads} thread{'s' * (threads > 1)})" if run.device.type == "cpu" else "")
@@ -384,15 +592,19 @@ def run_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress:
     if search.workers > 1:
         ctx = multiprocessing.get_context("spawn")
         for i in range(1, search.workers):
-            p = ctx.Process(target=_worker_main, args=(spec, str(out), i, threads), daemon=False)
+            p = ctx.Process(target=_worker_main, args=(spec, str(out), i, threads, os.getpid()), daemon=False)
             p.start()
             children.append(p)
     start = time.perf_counter()
     try:
         run.run_trials()
-    finally:
-        for p in children:
-            p.join()
+    except BaseException:
+        _stop_children(children)
+        raise
+    for p in children:
+        p.join()
+    run.recover()  # a child that died at the very end
+    reconcile_files(study, out)
     progress.clear()
     records = records_from_study(study)
     summary = write_results(records, spec, out, progress)

@@ -1,17 +1,24 @@
-"""Optuna storages for ``search run``: which storage a run uses, opening it, and recovering lost trials.
+"""Optuna storages for ``search run``: which storage a run uses, opening it, guarding it, and recovering lost trials.
 
-* a SQLite file by default (optuna-dashboard reads it); any RDB URL, or a journal file for several processes
-  (SQLite's file locking does not suit many writers, so ``workers > 1`` on SQLite is refused);
-* RDB storages run Optuna's heartbeats (a trial whose process stopped beating is failed and retried); on any
-  storage, a RUNNING trial whose process on this host is gone is failed and retried at once, so a rerun after
-  ``kill -9`` picks the trial up again without waiting for a grace period.
+* a SQLite file by default (optuna-dashboard reads it), held by one process at a time through an exclusive lock
+  file in the run directory; any RDB URL, or a journal file, for several processes (SQLite's file locking does not
+  suit many writers, so ``workers > 1`` on SQLite is refused);
+* a run directory whose ``trials/`` exist but whose study file is gone or empty is refused, never started over;
+* passwords in storage URLs are never printed or written (:func:`masked`); libpq reads them from ``PGPASSWORD``
+  or ``~/.pgpass`` when the URL leaves them out;
+* lost trials (their process was killed) are failed with status ``lost`` and enqueued again (at most
+  ``MAX_RETRY`` times): at once when their process on this host is gone (a zombie counts as gone), through
+  heartbeats on RDB storages for other hosts, and by age for trials created but never claimed by a worker.
 """
 
 from __future__ import annotations
 
+import errno
+import importlib.util
 import os
 import socket
 import warnings
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -23,47 +30,125 @@ from optuna.trial import FrozenTrial, TrialState
 from search_space.config import SearchConfig
 from search_space.schema import SpecError
 
-HEARTBEAT_S = 20  # RDB storages: seconds between heartbeats of a running trial
-GRACE_S = 60  # ... and the silence after which it counts as lost
+HEARTBEAT_S = int(os.environ.get("SEARCH_HEARTBEAT_S", 20))  # RDB storages: seconds between heartbeats
+GRACE_S = int(os.environ.get("SEARCH_GRACE_S", 60))  # ... and the silence after which a trial counts as lost
+UNCLAIMED_S = 15  # a trial created but not claimed for this long was lost between the two (a claim takes ms)
 MAX_RETRY = 2  # a lost (killed, interrupted) trial is run again at most this often
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# URLs
+# ----------------------------------------------------------------------------------------------------------------
+
+
 def storage_url(search: SearchConfig, out: Path) -> str:
-    """The storage URL a run uses, with file paths made absolute so ``search show`` works from anywhere."""
+    """The storage URL a run uses, with file paths made absolute so ``search show`` works from anywhere, and a
+    plain ``postgresql://`` given the psycopg 3 driver when it is installed (SQLAlchemy 2 defaults to psycopg2)."""
     url = search.storage or f"sqlite:///{out / 'study.db'}"
     if url.startswith("journal:") or (url.endswith(".log") and "://" not in url):
         return "journal:" + str(Path(url.removeprefix("journal:")).expanduser().resolve())
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+    if url == "sqlite:///:memory:" or url == "sqlite://":
+        raise SpecError("search.storage", f"{url!r} keeps the study in memory, where a rerun cannot resume it and "
+                                          f"`search show` cannot read it; use sqlite:///FILE.db or leave it out")
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(url.removeprefix("sqlite:///")).resolve())
     if "://" not in url:
         if url.endswith((".db", ".sqlite", ".sqlite3")):
             return "sqlite:///" + str(Path(url).expanduser().resolve())
-        raise SpecError("search.storage", f"{url!r} is not a storage: use sqlite:///FILE.db, postgresql://..., "
+        raise SpecError("search.storage", f"{masked(url)!r} is not a storage: use sqlite:///FILE.db, postgresql://..., "
                                           f"mysql://..., journal:FILE or FILE.log")
+    if url.startswith(("postgresql://", "postgres://")):
+        rest = url.split("://", 1)[1]
+        if importlib.util.find_spec("psycopg") is not None or importlib.util.find_spec("psycopg2") is None:
+            return "postgresql+psycopg://" + rest
+        return "postgresql://" + rest
     return url
+
+
+def masked(url: str) -> str:
+    """The URL with its password replaced by ``***``: what headers, errors and ``run.json`` show."""
+    if "://" not in url or "@" not in url.split("://", 1)[1]:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    if ":" not in creds:
+        return url
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+
+
+def without_password(url: str) -> str:
+    """The URL with no password at all (written to ``run.json``; libpq then reads PGPASSWORD or ~/.pgpass)."""
+    m = masked(url)
+    return m.replace(":***@", "@") if m != url else url
 
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite:")
 
 
-def open_storage(url: str) -> BaseStorage:
-    """A journal file, or an RDB storage with heartbeats (lost trials are failed and retried)."""
+def sqlite_path(url: str) -> Optional[Path]:
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def journal_path(url: str) -> Optional[Path]:
+    return Path(url.removeprefix("journal:")) if url.startswith("journal:") else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Opening
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def open_storage(url: str, read_only: bool = False) -> BaseStorage:
+    """A journal file, or an RDB storage with heartbeats (lost trials are failed and retried). ``read_only``
+    (``search show``): a SQLite file is opened read-only and a missing file is an error, never created."""
     if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = journal_path(url)
+        if read_only and not path.exists():
+            raise SpecError("search.storage", f"journal file {path} is missing")
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    if is_sqlite(url) and url.startswith("sqlite:////"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine_kwargs = {}
+    path = sqlite_path(url)
+    if path is not None:
+        if read_only:
+            if not path.exists() or path.stat().st_size == 0:
+                raise SpecError("search.storage", f"study file {path} is missing or empty")
+            url = f"sqlite:///file:{path}?mode=ro&uri=true"
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            engine_kwargs = {"connect_args": {"timeout": 60}}  # our own workers and dashboards wait, not fail
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # heartbeats and their retry callback are "experimental"
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            return RDBStorage(url, engine_kwargs=engine_kwargs or None, heartbeat_interval=HEARTBEAT_S,
+                              grace_period=GRACE_S,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     except ImportError as e:
-        raise SpecError("search.storage", f"{url.split(':')[0]} needs a driver that is not installed ({e})") from None
+        raise SpecError("search.storage", driver_hint(url, e)) from None
     except Exception as e:  # noqa: BLE001 - a wrong URL or an unreachable server is bad input
-        raise SpecError("search.storage", f"cannot open {url}: {str(e).splitlines()[0]}") from None
+        text = masked(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        raise SpecError("search.storage", f"cannot open {masked(url)}: {hide_secrets(text, url)}") from None
+
+
+def driver_hint(url: str, error: Exception) -> str:
+    scheme = url.split(":", 1)[0]
+    if scheme.startswith("postgres"):
+        return (f"{scheme} needs the psycopg 3 driver, which is not installed ({error}): "
+                f"pip install 'psycopg[binary]' (then postgresql:// URLs use it)")
+    return f"{scheme} needs a database driver that is not installed ({error})"
+
+
+def hide_secrets(text: str, url: str) -> str:
+    """An error message with the URL's password removed wherever the driver echoed it."""
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    creds = rest.rsplit("@", 1)[0] if "@" in rest else ""
+    if ":" in creds:
+        password = creds.split(":", 1)[1]
+        if password:
+            text = text.replace(password, "***")
+    return text
 
 
 def check_workers(url: str, workers: int, out: Path) -> None:
@@ -73,15 +158,82 @@ def check_workers(url: str, workers: int, out: Path) -> None:
                         f"or a postgresql:// or mysql:// URL")
 
 
+def check_study_present(url: str, out: Path) -> None:
+    """Refuse to start a study over when the run directory holds trials of one whose file was deleted or emptied:
+    the new trial 0 would overwrite the old ``trials/0/``."""
+    old = [p for p in (out / "trials").glob("*") if p.name.isdigit()] if (out / "trials").is_dir() else []
+    if not old:
+        return
+    for path, what in ((sqlite_path(url), "study file"), (journal_path(url), "journal file")):
+        if path is not None and (not path.exists() or path.stat().st_size == 0):
+            raise SpecError("search.storage", f"{out}/trials holds {len(old)} trial(s) but the {what} {path} is "
+                            f"{'missing' if not path.exists() else 'empty'}, so the study cannot resume; restore "
+                            f"it, or start fresh with another --out (or after moving {out} away)")
+
+
+def check_study_known(study_names: list[str], name: str, url: str, out: Path) -> None:
+    """The same refusal for a storage that exists but lacks this run's study (another study in one file)."""
+    old = [p for p in (out / "trials").glob("*") if p.name.isdigit()] if (out / "trials").is_dir() else []
+    if old and name not in study_names:
+        raise SpecError("search.study_name", f"{out}/trials holds {len(old)} trial(s) but {masked(url)} has no study "
+                        f"{name!r}, so they would be overwritten; give the --study-name they belong to, or start "
+                        f"fresh with another --out")
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<study file>.lock``, held for the life of the run: a second process on the same
+    SQLite study is refused at once instead of drawing the same trials (the lock dies with its process)."""
+
+    def __init__(self, db: Path):
+        self.path = db.with_name(db.name + ".lock")
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+                raise
+            raise SpecError("search.storage", f"{self.path.parent} is in use by another `search run` ({holder}); a "
+                            f"SQLite study serves one process: for several workers use --workers N with "
+                            f"--storage journal:{self.path.parent / 'journal.log'} (or a postgresql:// URL) "
+                            f"in every process") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Workers: who runs a trial, and whether that process is still alive
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _proc_stat(pid: int) -> Optional[list[str]]:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def _process_started(pid: int) -> Optional[int]:
     """Start time of a process in clock ticks since boot (Linux), to tell a reused pid from the original."""
+    fields = _proc_stat(pid)
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
         return None
 
 
@@ -91,7 +243,8 @@ def worker_identity() -> dict:
 
 
 def process_alive(host: str, pid: int, started: Optional[int]) -> Optional[bool]:
-    """True/False for a process on this host; None for another host (its heartbeat decides)."""
+    """True/False for a process on this host (a zombie, dead but not yet reaped, is False); None for another host
+    (its heartbeat decides)."""
     if host != socket.gethostname():
         return None
     try:
@@ -100,26 +253,63 @@ def process_alive(host: str, pid: int, started: Optional[int]) -> Optional[bool]
         return False
     except PermissionError:
         pass  # exists, owned by someone else
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False
     return started is None or _process_started(pid) == started
 
 
-def recover_lost_trials(study: optuna.Study) -> list[int]:
-    """Fail RUNNING trials whose process on this host is gone, and enqueue them again (at most MAX_RETRY times).
+def claim(trial_id: int, number: int, storage: BaseStorage, identity: dict) -> None:
+    """Mark a trial as this process's at once, so recovery can tell a live worker's trial from a lost one."""
+    storage.set_trial_user_attr(trial_id, "worker", f"{identity['host']}:{identity['pid']}")
+    storage.set_trial_user_attr(trial_id, "worker_info", {**identity, "trial": number})
+    storage.set_trial_user_attr(trial_id, "status", "running")
+
+
+def _lost_reason(t: FrozenTrial, exclusive: bool, own: dict, current: Optional[int],
+                 stale: set[int]) -> Optional[str]:
+    """Why a RUNNING trial is lost, or None while it may still be running somewhere."""
+    if t._trial_id == current:
+        return None
+    if t._trial_id in stale:
+        return f"its worker sent no heartbeat for {GRACE_S}s"
+    who = t.user_attrs.get("worker_info")
+    claimed = bool(who) and who.get("trial") == t.number
+    if not claimed:
+        # Created (or popped from the queue) and never claimed: its process died in between.
+        age = (datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+        if exclusive:
+            return "its process died before it started the trial"
+        return f"no worker claimed it for {age:.0f}s" if age > UNCLAIMED_S else None
+    if exclusive or (who["host"] == own["host"] and who["pid"] == own["pid"]
+                     and who.get("started") == own.get("started")):
+        return f"its process {who['host']}:{who['pid']} stopped while running it"
+    if process_alive(who["host"], who["pid"], who.get("started")) is False:
+        return f"its process {who['host']}:{who['pid']} died"
+    return None
+
+
+def recover_lost_trials(study: optuna.Study, exclusive: bool = False, own: Optional[dict] = None,
+                        current: Optional[int] = None) -> list[int]:
+    """Fail lost RUNNING trials with status ``lost`` and their reason, and enqueue them again (at most MAX_RETRY
+    times). ``exclusive``: this process holds the study's lock, so no RUNNING trial but ``current`` is alive.
 
     Returns the numbers of the trials recovered. Another process may recover the same trial at the same moment;
     the storage lets only one of them finish it, and only that one re-enqueues it.
     """
-    recovered = []
+    own = own or worker_identity()
     storage = study._storage
+    stale: set[int] = set()
+    if isinstance(storage, RDBStorage) and storage.heartbeat_interval:
+        stale = set(storage._get_stale_trial_ids(study._study_id))
+    recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        who = t.user_attrs.get("worker_info")
-        if not who or who.get("trial") != t.number:
-            continue  # not claimed yet (a retried trial carries its predecessor's attrs until its worker writes)
-        if process_alive(who["host"], who["pid"], who.get("started")) is not False:
+        reason = _lost_reason(t, exclusive, own, current, stale)
+        if reason is None:
             continue
         try:
             storage.set_trial_user_attr(t._trial_id, "status", "lost")
-            storage.set_trial_user_attr(t._trial_id, "reason", f"its process {who['host']}:{who['pid']} died; retried")
+            storage.set_trial_user_attr(t._trial_id, "reason", f"{reason}; retried")
             if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -134,3 +324,4 @@ def retry_trial(study: optuna.Study, failed: FrozenTrial) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the callback is "experimental"
         RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, failed)
+

@@ -51,6 +51,8 @@ class Outcome:
 class TrialHooks:
     """What the core asks of an engine while it evaluates one trial. The defaults do nothing."""
 
+    every_epoch = False  # report every epoch, not only when the trial core prunes (Ray's schedulers decide)
+
     def set_attr(self, key: str, value: Any) -> None:
         """Keep a fact about the trial where the engine keeps them (Optuna user attrs)."""
 
@@ -127,6 +129,45 @@ def write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def is_disk_full(error: OSError) -> bool:
+    """A write error that writing again will not cure: the disk or quota is full, or the place is read-only."""
+    import errno
+
+    return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM)
+
+
+def preflight(spec: Spec, device, data: "DataCache") -> None:
+    """Check what every trial of ``spec`` shares before the first one starts: the run's data loads and splits with
+    its recipe (a missing ``data_dir``, a ``train_fraction`` that leaves no rows...). Raises :class:`SpecError`,
+    so bad input ends the command with one line and is never recorded as a trial. Where a data setting is a
+    choice, each of its options (the ends of a range) is checked; the data loaded stays in ``data`` for the
+    trials."""
+    import itertools
+
+    from search_space.schema import is_choice
+
+    keys = ("dataset", "data_dir", "val_fraction", "test_fraction", "train_fraction", "seed", "synthetic_samples",
+            "synthetic_classes", "synthetic_channels", "image_size")
+    options = {}
+    for key in keys:
+        value = getattr(spec.train, key)
+        if is_choice(value):
+            options[key] = list(value.options) if hasattr(value, "options") else [value.low, value.high]
+    combos = list(itertools.islice(itertools.product(*options.values()), 16))
+    size = fixed_image_size(spec)
+    if size is None and is_choice(spec.model.input_size):
+        m = spec.model.input_size
+        size = min(m.options) if hasattr(m, "options") else m.low
+    for combo in combos:
+        config = dataclasses.replace(spec.train, **dict(zip(options, combo)))  # the data reads no other key
+        data.get(config, config.image_size or size)
 
 
 def trial_name(spec_name: str, number: int) -> str:
@@ -219,15 +260,26 @@ class Evaluator:
         except SpecError as e:  # InfeasibleSample, or a warm-start file that cannot be built
             hooks.constrain("buildable", 1.0)
             return end("pruned", "infeasible", str(e))
+        except Exception as e:  # noqa: BLE001 - a sampler or spec bug fails this trial, not the search
+            return end("failed", "error", f"sampling failed: {type(e).__name__}: {first_line(e)}")
 
         size = sampled.train.image_size or sampled.model.input_size
-        data = self.data.get(sampled.train, size)
+        try:
+            data = self.data.get(sampled.train, size)  # a SpecError here is bad input: the engine stops on it
+        except (MemoryError, RuntimeError) as e:
+            from runners.train import is_oom
+
+            if not is_oom(e):
+                raise
+            return end("failed", "oom", f"out of memory loading the data: {first_line(e)}")
         try:
             cost = architecture_cost(sampled.model, input_size=size, in_channels=data.channels,
                                      num_classes=data.num_classes)
         except SpecError as e:
             hooks.constrain("buildable", 1.0)
             return end("pruned", "infeasible", str(e))
+        except Exception as e:  # noqa: BLE001
+            return end("failed", "error", f"cost model failed: {type(e).__name__}: {first_line(e)}")
         info.update(params=cost.params, macs=cost.macs, blocks=block_summary(sampled.model))
         for key in ("params", "macs", "blocks"):
             hooks.set_attr(key, info[key])
@@ -278,7 +330,7 @@ class Evaluator:
         def report(epoch, metrics):
             acc = metrics["val_accuracy"]
             hooks.status(f"trial {number}: epoch {epoch}/{epochs} val {acc:.3f}")
-            if not self.prune or acc is None or not math.isfinite(acc):
+            if not (self.prune or hooks.every_epoch) or acc is None or not math.isfinite(acc):
                 return False
             # A trial that has trained its full budget is complete: stopping it then would save nothing and
             # throw its result away (Hyperband's last rung sits at the maximum epoch count).
