@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from search_space.config import SearchConfig, TrainConfig, check_search
-from search_space.schema import SpecError, check_value, hints
+from search_space.schema import SpecError, check_field, check_value, hints
 
 # flag dest -> (section, field)
 OVERRIDES = {
@@ -70,15 +70,17 @@ def cmd_run(args) -> int:
             from .optuna_engine import run_search
 
             summary = run_search(spec, out, spec_path=str(args.space), threads=args.threads)
-    except KeyboardInterrupt:
-        print(f"interrupted; rerun the same command to resume (finished trials are kept in {out})", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (runners.signals.Interrupted): 128 + the signal
+        print(f"interrupted{f' by {e}' if str(e).startswith('SIG') else ''}; rerun the same command to resume "
+              f"(finished trials are kept in {out})", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     return 0 if summary.get("best_trial") is not None else 1
 
 
 def cmd_show(args) -> int:
     from .results import show
 
+    check_field(args.top, SearchConfig, "top", "--top")  # 0 or -1 would silently print another number of rows
     print(show(args.run, top=args.top))
     return 0
 

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .schema import SpecError, one_line
+from .schema import SpecError, check_field, one_line
 
 # Subcommands that live with their concept: module path -> (add_parser, run) by convention.
 EXTERNAL_COMMANDS = ("runners.train_cli", "runners.search_cli", "runners.report_cli", "search_space.export",
@@ -25,19 +25,6 @@ def fmt_int(n: int) -> str:
 
 def fmt_macs(n: int) -> str:
     return f"{n / 1e9:.3f} G" if n >= 1e8 else f"{n / 1e6:.2f} M"
-
-
-def check_arg(value, cls, name: str, flag: str):
-    """A command-line value checked by the rules of the spec field it stands for (type, min, max), so
-    ``--input-size 0`` fails the way ``input_size: 0`` would; None (not given) passes through."""
-    import dataclasses
-
-    from .schema import check_value, hints
-
-    if value is None:
-        return None
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return check_value(value, hints(cls)[name], flag, dict(f.metadata))
 
 
 def write_output(path: str, text: str, flag: str = "--output") -> None:
@@ -103,9 +90,9 @@ def cmd_compile(args) -> int:
     from .cost import architecture_cost
     from .spec import ModelSpec, check_limits
 
-    for name in ("input_size", "in_channels", "num_classes"):
-        check_arg(getattr(args, name), ModelSpec, name, "--" + name.replace("_", "-"))
-    check_arg(args.seed, SearchConfig, "seed", "--seed")
+    for name in ("input_size", "in_channels", "num_classes"):  # checked as the spec fields they override
+        check_field(getattr(args, name), ModelSpec, name, "--" + name.replace("_", "-"))
+    check_field(args.seed, SearchConfig, "seed", "--seed")
     spec = load_fixed(args.spec, args.seed if args.sample else None)
     arch = spec.model
     size = args.input_size if args.input_size is not None else arch.input_size
@@ -142,7 +129,7 @@ def cmd_sample(args) -> int:
     from .config import SearchConfig
     from .spec import dump_spec, load_spec
 
-    check_arg(args.seed, SearchConfig, "seed", "--seed")
+    check_field(args.seed, SearchConfig, "seed", "--seed")
     spec = load_spec(args.space)
     text = dump_spec(sample_feasible(spec, args.seed))
     if args.output:

@@ -14,13 +14,14 @@ from .schema import SpecError, _fmt, field
 
 SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
+DATASETS = ("digits", "digits_hard", "cifar10", "cifar100", "imagefolder", "synthetic")
 
 
 @dataclass
 class TrainConfig:
-    dataset: Literal["digits", "cifar10", "cifar100", "imagefolder", "synthetic"] = field(
-        "digits", doc="digits ships with scikit-learn (no download); cifar10/cifar100/imagefolder read data_dir")
+    dataset: Literal["digits", "digits_hard", "cifar10", "cifar100", "imagefolder", "synthetic"] = field(
+        "digits", doc="digits ships with scikit-learn (no download); digits_hard: two distorted 32x32 copies of "
+        "each digit (warps, clutter, noise; no download); cifar10/cifar100/imagefolder read data_dir")
     data_dir: Optional[str] = field(None, doc="directory of cifar10/cifar100 python batches or of class folders")
     image_size: Optional[int] = field(None, min=1, max=1024, doc="train at this size; null: the model's input_size")
     val_fraction: float = field(0.15, min=0.01, max=0.9, doc="share of the training data held out for validation")
@@ -108,15 +109,16 @@ def storage_kind(url: Optional[str], path: str = "search.storage") -> str:
 
     try:
         parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite":
-            if parsed.database in (None, "", ":memory:") or "mode=memory" in url:
-                raise SpecError(path, f"{_fmt(url)} is an in-memory database: the study would vanish with the "
-                                      f"process and no worker could share it; {allowed}")
-            return "sqlite"
-        parsed.get_dialect()  # imports SQLAlchemy's dialect class only: no driver, no connection
+        if parsed.get_backend_name() != "sqlite":
+            parsed.get_dialect()  # imports SQLAlchemy's dialect class only: no driver, no connection
     except (ArgumentError, NoSuchModuleError, ValueError) as e:
         raise SpecError(path, f"{_fmt(url)} is not a storage URL ({short_reason(e)}); {allowed}") from None
-    return "rdb"
+    if parsed.get_backend_name() != "sqlite":
+        return "rdb"
+    if parsed.database in (None, "", ":memory:") or "mode=memory" in url:
+        raise SpecError(path, f"{_fmt(url)} is an in-memory database: the study would vanish with the process "
+                              f"and no worker could share it; {allowed}")
+    return "sqlite"
 
 
 def short_reason(e: Exception) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 
 
 MAX_LINE = 1000  # an error is one line; a message longer than this is cut (values are cut far sooner by short())
+MAX_STRING = 4096  # any string value of a spec (paths, URLs, names): PATH_MAX on Linux
 
 
 def one_line(text: str, limit: int = MAX_LINE) -> str:
@@ -128,7 +129,8 @@ def parse_choice(raw: dict, path: str, check_value, tp=None) -> Choice:
     kind = kinds[0]
     if kind != "choice" and tp is not None and (number_kind(tp) or str).__name__ != kind:
         wanted = {int: "{int: [low, high]} or {choice: [...]}", float: "{float: [low, high]} or {choice: [...]}"}
-        raise SpecError(f"{path}.{kind}", f"an {kind} range does not fit a field that takes {describe_type(tp)}; "
+        raise SpecError(f"{path}.{kind}", f"{'an' if kind == 'int' else 'a'} {kind} range does not fit a field that "
+                                          f"takes {describe_type(tp)}; "
                                           f"write {wanted.get(number_kind(tp), '{choice: [...]}')}")
     allowed_extra = {"choice": set(), "int": {"step", "log"}, "float": {"step", "log"}}[kind]
     for key in raw:
@@ -230,6 +232,9 @@ def check_value(value: Any, tp, path: str, meta: dict | None = None) -> Any:
     if origin is Literal:
         allowed = typing.get_args(tp)
         if not any(type(value) is type(a) and value == a for a in allowed):  # 2.0 is not 2, and true is not 1
+            if isinstance(value, float) and value.is_integer() and int(value) in allowed:
+                raise SpecError(path, f"{_fmt(value)} is not an integer; write {int(value)} (without the decimal "
+                                      f"point)")
             hint = ""
             if isinstance(value, str):
                 close = difflib.get_close_matches(value, [a for a in allowed if isinstance(a, str)], n=1)
@@ -258,12 +263,17 @@ def check_value(value: Any, tp, path: str, meta: dict | None = None) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(path, f"{_fmt(value)} is not a number")
-        value = float(value) if abs(value) < 1e308 else math.inf  # float(10**400) would raise OverflowError
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float, 10**400
+            value = math.inf
         if not math.isfinite(value):
             raise SpecError(path, f"{_fmt(value)} is not a finite number")
     elif tp is str:
         if not isinstance(value, str):
             raise SpecError(path, f"{_fmt(value)} is not a string")
+        if len(value) > MAX_STRING:
+            raise SpecError(path, f"{_fmt(value)} has {len(value):,} characters; allowed: at most {MAX_STRING:,}")
         if meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
             raise SpecError(path, f"{_fmt(value)} is not allowed; it must match {meta['pattern']}")
         return value
@@ -277,6 +287,15 @@ def check_value(value: Any, tp, path: str, meta: dict | None = None) -> Any:
     if hi is not None and value > hi:
         raise SpecError(path, f"{_fmt(value)} is too large; allowed: <= {hi}" + (f" and >= {lo}" if lo is not None else ""))
     return value
+
+
+def check_field(value: Any, cls, name: str, path: str) -> Any:
+    """``value`` checked by the rules of field ``name`` of dataclass ``cls`` (type, min, max, pattern), for values
+    that come from elsewhere than the spec, such as a command-line flag; None (not given) passes through."""
+    if value is None:
+        return None
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return check_value(value, hints(cls)[name], path, dict(f.metadata))
 
 
 def hints(cls) -> dict:
