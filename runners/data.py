@@ -108,15 +108,16 @@ def load_dataset(config: TrainConfig, image_size: int | None = None) -> Dataset:
     pool_x, pool_y = source.train_x, source.train_y
     pool_rows = torch.arange(len(pool_y))
     if source.test_x is None:  # hold out a fixed test split first
-        pool_rows, test_rows = stratified_split(pool_y, config.test_fraction, TEST_SPLIT_SEED)
+        pool_rows, test_rows = grouped_split(pool_y, source.groups, config.test_fraction, TEST_SPLIT_SEED)
         test_x, test_y = pool_x[test_rows], pool_y[test_rows]
     else:
         test_x, test_y = source.test_x, source.test_y
         test_rows = torch.arange(len(test_y))
-    keep, val = stratified_split(pool_y[pool_rows], config.val_fraction, config.seed)
+    keep, val = grouped_split(pool_y[pool_rows], _rows_of(source.groups, pool_rows), config.val_fraction, config.seed)
     train_rows, val_rows = pool_rows[keep], pool_rows[val]
     if config.train_fraction < 1.0:
-        _, subset = stratified_split(pool_y[train_rows], config.train_fraction, config.seed + 1)
+        _, subset = grouped_split(pool_y[train_rows], _rows_of(source.groups, train_rows), config.train_fraction,
+                                  config.seed + 1)
         train_rows = train_rows[subset]
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise SpecError("train.dataset", f"{config.dataset} has {len(pool_y)} training images, too few to hold out a "
@@ -167,6 +168,24 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return torch.cat(rest).sort().values, torch.cat(taken).sort().values
 
 
+def grouped_split(labels: torch.Tensor, groups: torch.Tensor | None, fraction: float,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`stratified_split` of whole groups: rows sharing a group id (distorted copies of one source image)
+    always land on the same side, so a validation or test image never has a twin in the training split."""
+    if groups is None:
+        return stratified_split(labels, fraction, seed)
+    ids, inverse = torch.unique(groups, return_inverse=True)
+    first = torch.full((len(ids),), len(groups), dtype=torch.int64).scatter_reduce(
+        0, inverse, torch.arange(len(groups)), reduce="amin")
+    _, taken_groups = stratified_split(labels[first], fraction, seed)
+    taken = torch.isin(inverse, taken_groups)
+    return torch.nonzero(~taken).flatten(), torch.nonzero(taken).flatten()
+
+
+def _rows_of(groups: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    return None if groups is None else groups[rows]
+
+
 def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std on the 0..1 scale, in chunks so a large uint8 set is never all float."""
     c = x.shape[1]
@@ -207,10 +226,11 @@ class _Source:
     test_y: torch.Tensor | None
     num_classes: int
     classes: tuple[str, ...] = ()
+    groups: torch.Tensor | None = None  # per training row: rows of one group are split together
 
 
 def _dir_key(config: TrainConfig) -> str | None:
-    if config.dataset in ("digits", "synthetic"):
+    if config.dataset in ("digits", "digits_hard", "synthetic"):
         return None
     if not config.data_dir:
         raise SpecError("train.data_dir", f"dataset {config.dataset} reads its images from a directory; "
@@ -223,6 +243,8 @@ def _load_source(dataset: str, data_dir: str | None, size: int | None, samples: 
                  channels: int) -> _Source:
     if dataset == "digits":
         return _digits()
+    if dataset == "digits_hard":
+        return _digits_hard()
     if dataset in ("cifar10", "cifar100"):
         return _cifar(Path(data_dir), dataset)
     if dataset == "imagefolder":
@@ -240,6 +262,63 @@ def _digits() -> _Source:
     x = torch.from_numpy(np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1).contiguous()
     y = torch.from_numpy(bunch.target.astype(np.int64))
     return _Source(x, y, None, None, 10, tuple(str(i) for i in range(10)))
+
+
+DIGITS_HARD_SIZE = 32  # native size of digits_hard; a spec's input_size resizes it once, at load
+DIGITS_HARD_COPIES = 2  # distorted copies of each of the 1,797 digits
+
+
+def _digits_hard() -> _Source:
+    """A harder zero-download task made deterministically from the real scikit-learn digits.
+
+    Each 8x8 digit is upsampled to 32x32 and drawn ``DIGITS_HARD_COPIES`` times, each copy with its own seeded
+    distortions, all label-preserving: a random affine warp (rotation +-25 degrees, scale 0.75-1.05, shear
+    +-0.3, shift +-15% of the image), an elastic warp (a smooth random displacement field, 4x4 control points,
+    up to 8% of the image), clutter (two 10x10 fragments cut from other digits, at half intensity, pasted at
+    random places) and pixel noise (sd 20 of 255). The copies of one digit form a group that is never split
+    across train, validation and test (:func:`grouped_split`).
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    base = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # 1797 x 1 x 8 x 8, 0..1
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    n, size, copies = len(base), DIGITS_HARD_SIZE, DIGITS_HARD_COPIES
+    gen = torch.Generator().manual_seed(20261122)
+    big = F.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
+    x = big.repeat(copies, 1, 1, 1)
+    m = len(x)
+
+    def uniform(low, high, *shape):
+        return torch.rand(*shape, generator=gen) * (high - low) + low
+
+    angle = uniform(-25, 25, m) * (np.pi / 180)
+    scale = uniform(0.75, 1.05, m)
+    shear = uniform(-0.3, 0.3, m)
+    shift = uniform(-0.3, 0.3, m, 2)  # affine_grid coordinates span -1..1, so 0.3 is 15% of the image
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos, -sin + shear, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1) / scale[:, None, None]
+    theta[:, :, 2] *= scale[:, None]  # the shift is in output coordinates, not scaled
+    grid = F.affine_grid(theta, (m, 1, size, size), align_corners=False)
+    flow = F.interpolate(uniform(-0.16, 0.16, m, 2, 4, 4), size=(size, size), mode="bicubic", align_corners=False)
+    x = F.grid_sample(x, grid + flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros",
+                      align_corners=False)
+
+    frag = 10
+    for _ in range(2):  # clutter: fragments of other digits
+        donor = big[torch.randint(0, n, (m,), generator=gen)]
+        sy, sx = torch.randint(0, size - frag, (2, m), generator=gen)
+        ty, tx = torch.randint(0, size - frag, (2, m), generator=gen)
+        ar = torch.arange(frag)
+        rows = torch.arange(m)[:, None, None]
+        piece = donor[rows, 0, (sy[:, None, None] + ar[None, :, None]), (sx[:, None, None] + ar[None, None, :])]
+        region = (rows, 0, (ty[:, None, None] + ar[None, :, None]), (tx[:, None, None] + ar[None, None, :]))
+        x[region] = torch.maximum(x[region], 0.5 * piece)
+    x = x * 255 + torch.randn(x.shape, generator=gen) * 20
+    x = x.round_().clamp_(0, 255).to(torch.uint8)
+    groups = torch.arange(n).repeat(copies)
+    return _Source(x, labels.repeat(copies), None, None, 10, tuple(str(i) for i in range(10)), groups=groups)
 
 
 _CIFAR_LAYOUT = {
