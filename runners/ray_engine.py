@@ -1,0 +1,438 @@
+"""The Ray Tune engine of ``search run --backend ray``: the same space and trial core, on a Ray cluster.
+
+* **Sampling**: Optuna's TPE (the sampler the Optuna engine uses, same settings) inside Ray's ``OptunaSearch``,
+  driven by the same define-by-run :func:`search_space.sampling.sample`; the searcher only chooses parameters,
+  and each trial rebuilds its architecture from them with a ``FixedSuggester``, so conditional per-block choices,
+  infeasible samples and budgets behave as on the Optuna engine. Warm starts are enqueued on the searcher's
+  study (Ray does not pass ``points_to_evaluate`` to a define-by-run space with their user attributes).
+* **Pruning**: the Optuna pruner names map to Ray schedulers on the per-epoch validation accuracy
+  (hyperband -> asynchronous HyperBand, successive_halving -> ASHA, median -> median stopping rule).
+* **Failures**: a trial that diverges, runs out of memory or raises is reported with its reason and the search
+  goes on; ``FailureConfig`` retries a trial whose worker died.
+* **Results**: the driver writes ``trials/<n>/arch.yaml`` and ``metrics.json`` from what each trial reports, so
+  a worker on another node needs no access to the run directory; the Ray experiment itself (what
+  ``Tuner.restore`` resumes) lives under ``storage_path`` (default ``<run>/ray``).
+* **Data**: each trial loads its dataset in its own worker process, on its node (once per worker process).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from search_space.config import SearchConfig
+from search_space.cost import architecture_cost
+from search_space.sampling import FixedSuggester, InfeasibleSample, OutsideSpace, params_for, resolve_dataclass, sample
+from search_space.schema import SpecError
+from search_space.spec import Spec, load_spec
+
+from .progress import Progress, duration
+from .results import (TrialRecord, counts, final_training, records_from_files, status_head, summary_line,
+                      trial_line, write_results)
+from .trial import DataCache, Evaluator, TrialHooks, direction, write_json, write_trial
+
+EXPERIMENT = "ray"  # the experiment's folder under storage_path
+META = "__"  # config keys that are not sampled parameters start with this
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Driver side: the define-by-run space the searcher calls
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class DefineByRun:
+    """Called by ``OptunaSearch`` with an Optuna trial for every new Ray trial: asks the space's questions (the
+    same :func:`sample` as the Optuna engine) and returns the trial's number and warm start as constants.
+
+    It runs on the driver and builds nothing; an infeasible sample is still handed to a worker, which rejects it
+    in milliseconds and reports why (so the record is the same as on the Optuna engine)."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+
+    def __call__(self, ot_trial) -> dict:
+        warm = ot_trial.user_attrs.get("warm_start")
+        in_space = ot_trial.user_attrs.get("in_space", True)
+        try:
+            if warm and not in_space:
+                resolve_dataclass(self.spec.train, "train.", ot_trial)
+            else:
+                sample(self.spec, ot_trial)
+        except InfeasibleSample:
+            pass  # the worker reaches the same point and records the reason
+        return {f"{META}trial": ot_trial.number, f"{META}warm": warm or "", f"{META}in_space": bool(in_space)}
+
+
+def make_searcher(spec: Spec, objectives: list[str], seed: int):
+    """Ray's ``OptunaSearch`` over the define-by-run space, with the Optuna engine's sampler."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from .optuna_engine import make_sampler
+
+    class SpaceSearch(OptunaSearch):
+        """OptunaSearch that records our outcomes: complete trials with their objectives, our pruned and
+        rejected ones as PRUNED, failures as FAIL, with the budget constraints the worker computed."""
+
+        def on_trial_result(self, trial_id: str, result: dict):
+            if isinstance(self.metric, str) and self.metric in result:
+                super().on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False):
+            import optuna
+
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            ot_trial = self._ot_trials[trial_id]
+            result = result or {}
+            for key, value in (result.get("constraints") or {}).items():
+                if key not in ot_trial.constraints:
+                    ot_trial.set_constraint(key, value)
+            state, values = result.get("state"), None
+            if state == "complete":
+                metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+                values = [result[m] for m in metrics]
+                tell = optuna.trial.TrialState.COMPLETE
+            elif state == "failed" or error:
+                tell = optuna.trial.TrialState.FAIL
+            else:
+                tell = optuna.trial.TrialState.PRUNED
+            try:
+                self._ot_study.tell(ot_trial, values if values is None or len(values) > 1 else values[0],
+                                    state=tell)
+            except Exception as e:  # noqa: BLE001 - a value Optuna refuses must not stop the search
+                logging.getLogger(__name__).warning("optuna could not record trial %s: %s", trial_id, e)
+            self._completed_trials.add(trial_id)
+
+    metric = "objective" if len(objectives) == 1 else [f"objective_{i}" for i in range(len(objectives))]
+    modes = ["max" if direction(o) == "maximize" else "min" for o in objectives]
+    return SpaceSearch(space=DefineByRun(spec), metric=metric, mode=modes[0] if len(modes) == 1 else modes,
+                       sampler=make_sampler(spec.search, len(objectives), parallel=True, seed=seed))
+
+
+def make_scheduler(search: SearchConfig, epochs: int, objectives: list[str]):
+    """The Ray scheduler for the spec's pruner (FIFO when there is nothing to prune on)."""
+    from ray.tune.schedulers import ASHAScheduler, AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
+
+    if search.pruner == "none" or objectives != ["val_accuracy"]:
+        return FIFOScheduler(), "fifo"
+    first = max(1, min(search.pruner_min_epochs, epochs))
+    common = dict(time_attr="training_iteration", metric="val_accuracy", mode="max")
+    # max_t one past the last epoch: a trial's last report (its outcome) comes after its last epoch
+    if search.pruner == "median":
+        return MedianStoppingRule(grace_period=first, min_samples_required=max(1, search.pruner_startup_trials),
+                                  **common), "median stopping"
+    if search.pruner == "successive_halving":
+        return ASHAScheduler(max_t=epochs + 1, grace_period=first, reduction_factor=3, **common), "ASHA"
+    return AsyncHyperBandScheduler(max_t=epochs + 1, grace_period=first, reduction_factor=3, brackets=3,
+                                   **common), "async HyperBand"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Worker side: one trial
+# ----------------------------------------------------------------------------------------------------------------
+
+_WORKER: dict = {}  # per worker process: the evaluator and its data cache, reused by the trials it runs
+
+
+class RayHooks(TrialHooks):
+    """Reports each epoch with ``tune.report``; Ray's scheduler stops a trial by not letting it continue."""
+
+    every_epoch = True
+
+    def __init__(self, number: int, params: dict, objectives: list[str], node: str):
+        self.number = number
+        self._params = params
+        self.objectives = objectives
+        self.attrs: dict[str, Any] = {"node": node}
+        self.constraints: dict[str, float] = {}
+        self.arch_yaml: Optional[str] = None
+
+    def set_attr(self, key, value):
+        self.attrs[key] = value
+
+    def constrain(self, key, value):
+        self.constraints[key] = value
+
+    def on_arch(self, number, arch_yaml):
+        self.arch_yaml = arch_yaml
+
+    def report(self, epoch, metrics):
+        from ray import tune
+
+        acc = metrics["val_accuracy"]
+        payload = {"val_accuracy": acc, "epoch": epoch, "trial": self.number,
+                   "attrs": json.dumps(self.attrs), "arch_yaml": self.arch_yaml or ""}
+        if self.objectives == ["val_accuracy"]:
+            payload["objective"] = acc
+        tune.report(payload)
+        return False
+
+    def params(self):
+        return self._params
+
+
+def replay(number: int, recorded: dict, objectives: list[str]) -> dict:
+    """The final report of a trial that had finished before the driver stopped, rebuilt from its record."""
+    payload = {"trial": number, "state": recorded["state"], "status": recorded.get("status", ""),
+               "reason": recorded.get("reason", ""), "attrs": json.dumps(recorded), "arch_yaml": "",
+               "constraints": {}, "replayed": True}
+    values = recorded.get("values") or {}
+    if recorded["state"] == "complete" and all(o in values for o in objectives):
+        if len(objectives) == 1:
+            payload["objective"] = values[objectives[0]]
+        else:
+            payload.update({f"objective_{i}": values[o] for i, o in enumerate(objectives)})
+    return payload
+
+
+def trainable(config: dict, spec: Spec, threads: int, finished: Optional[dict] = None) -> None:
+    """One Ray trial: evaluate the candidate with the trial core and report its outcome.
+
+    ``finished``: trials recorded in ``trials/`` before a resume; Ray's last experiment checkpoint may predate
+    them, and such a trial reports its recorded outcome instead of training again."""
+    import ray
+    import torch
+    from ray import tune
+
+    from runners.train import resolve_device
+
+    number = int(config[f"{META}trial"])
+    if finished and number in finished:
+        tune.report(replay(number, finished[number], list(spec.search.objectives)))
+        return
+
+    if "evaluator" not in _WORKER:
+        torch.set_num_threads(threads)
+        node = ray.get_runtime_context().get_node_id()
+        device = resolve_device(spec.train.device)
+        _WORKER.update(evaluator=Evaluator(spec, device, DataCache(), worker=f"{os.uname().nodename}:{os.getpid()}"),
+                       node=node)
+    evaluator: Evaluator = _WORKER["evaluator"]
+    params = {k: v for k, v in config.items() if not k.startswith(META)}
+    objectives = list(spec.search.objectives)
+    hooks = RayHooks(number, params, objectives, _WORKER["node"])
+    if config.get(f"{META}warm"):
+        hooks.attrs["warm_start"] = config[f"{META}warm"]
+    outcome = evaluator.evaluate(number, FixedSuggester(params), hooks, warm=config.get(f"{META}warm") or None,
+                                 in_space=config.get(f"{META}in_space", True))
+    info = {**outcome.info, "node": _WORKER["node"]}
+    final = {"trial": number, "state": outcome.state, "status": outcome.status, "reason": outcome.reason,
+             "attrs": json.dumps(info), "arch_yaml": hooks.arch_yaml or "", "constraints": hooks.constraints}
+    if info.get("val_accuracy") is not None:
+        final["val_accuracy"] = info["val_accuracy"]
+    if outcome.state == "complete":
+        if len(objectives) == 1:
+            final["objective"] = outcome.values[0]
+        else:
+            final.update({f"objective_{i}": v for i, v in enumerate(outcome.values)})
+    tune.report(final)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Driver side: results as trials end, and the run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def make_callback(out: Path, spec: Spec, progress: Progress, scheduler_name: str):
+    from ray.tune import Callback
+
+    class ResultsWriter(Callback):
+        """Writes ``trials/<n>/`` as each trial ends and keeps the progress line current."""
+
+        def __init__(self):
+            self.epochs: dict[str, int] = {}
+
+        def _head(self) -> str:
+            return status_head(counts(records_from_files(out), list(spec.search.objectives)), spec.search.trials)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if "epoch" in result and "state" not in result:
+                self.epochs[trial.trial_id] = result["epoch"]
+                running = sum(t.status == "RUNNING" for t in trials)
+                progress.status(f"{self._head()} | {running} running; trial {result.get('trial')} epoch "
+                                f"{result['epoch']} val {result['val_accuracy']:.3f}", force=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._record(trial, trial.last_result or {}, error=None)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._record(trial, trial.last_result or {}, error=_error_line(trial))
+
+        def _record(self, trial, last: dict, error: Optional[str]) -> None:
+            number = trial.config.get(f"{META}trial")
+            if number is None or last.get("replayed"):
+                return  # a replayed trial's record is already in trials/
+            attrs = json.loads(last.get("attrs") or "{}")
+            attrs.setdefault("trial", number)
+            attrs.setdefault("optuna_params", {k: v for k, v in trial.config.items() if not k.startswith(META)})
+            attrs["ray_trial_id"] = trial.trial_id
+            if "state" in last:  # the trial reported its own outcome
+                pass
+            elif error:
+                attrs.update(state="failed", status="error", reason=error)
+            else:  # stopped by the scheduler after an epoch report
+                epoch = last.get("epoch", 0)
+                attrs.update(state="pruned", status="pruned", epochs=epoch,
+                             reason=f"stopped by {scheduler_name} after epoch {epoch} "
+                                    f"(val {last.get('val_accuracy', float('nan')):.3f})")
+            if attrs.get("state") == "complete" and not attrs.get("values"):
+                attrs["state"] = "failed"
+            write_trial(out, int(number), attrs, last.get("arch_yaml") or None)
+            progress.line(trial_line(int(number), attrs["state"], attrs))
+
+    return ResultsWriter()
+
+
+def _error_line(trial) -> str:
+    path = getattr(trial, "error_file", None) or ""
+    try:
+        text = Path(path).read_text().strip().splitlines() if path else []
+    except OSError:
+        text = []
+    return (text[-1] if text else "the trial's worker failed")[:300]
+
+
+def connect(address: Optional[str], num_cpus: Optional[int]) -> None:
+    """Join a running cluster (``auto`` or HOST:PORT) or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
+    try:
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(num_cpus=num_cpus, **quiet)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise SpecError("--address", f"cannot reach a Ray cluster at {address!r}: {str(e).splitlines()[0]}; start "
+                                     f"one with `ray start --head`, or leave --address out for a local Ray") from None
+
+
+def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress: Optional[Progress] = None,
+                   address: Optional[str] = None, gpus_per_trial: float = 0.0, cpus_per_trial: float = 1.0,
+                   max_concurrent: Optional[int] = None, storage_path: Optional[str] = None) -> dict:
+    """Run (or resume) the Ray Tune experiment of ``spec``; write the results; return a summary dict."""
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # rejected trials report no accuracy
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
+    import ray
+    from ray import tune
+
+    from .optuna_engine import max_epochs
+    from runners.train import resolve_device
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happened to each trial
+    progress = progress or Progress()
+    out = Path(out).resolve()
+    search = spec.search
+    objectives = list(search.objectives)
+    if len(set(objectives)) != len(objectives) or not objectives:
+        raise SpecError("search.objectives", f"{objectives} must name each objective once")
+    if cpus_per_trial <= 0 or gpus_per_trial < 0:
+        raise SpecError("--cpus-per-trial", f"cpus {cpus_per_trial:g} and gpus {gpus_per_trial:g} per trial must be "
+                        f"positive (gpus may be 0)")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise SpecError("--max-concurrent", f"{max_concurrent} must be at least 1")
+    warm = _warm_starts(spec)
+    connect(address, None)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and not storage_path:
+        raise SpecError("--storage-path", f"the Ray cluster has {len(nodes)} nodes, and trials on other nodes need a "
+                        f"shared place for the experiment: give --storage-path on storage every node mounts (NFS, "
+                        f"a shared disk) or a cloud URI such as s3://bucket/path")
+    root = storage_path or str(out)
+    if "://" not in root:
+        root = str(Path(root).expanduser().resolve())
+    exp_dir = os.path.join(root, EXPERIMENT)
+    resources = ray.cluster_resources()
+    per_trial = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    fit = [resources.get("CPU", 1) / cpus_per_trial] + ([resources.get("GPU", 0) / gpus_per_trial]
+                                                        if gpus_per_trial else [])
+    concurrent = max_concurrent or max(1, int(min(fit)))
+    threads = max(1, int(cpus_per_trial))
+    epochs = max_epochs(spec)
+    scheduler, scheduler_name = make_scheduler(search, epochs, objectives)
+    if resolve_device(spec.train.device).type == "cuda" and not gpus_per_trial:
+        progress.line("note: this machine has a GPU but --gpus-per-trial is 0, so trials train on the CPU")
+
+    write_json(out / "run.json", {
+        "name": spec.name, "backend": "ray", "spec": spec_path, "storage_path": root, "experiment": exp_dir,
+        "objectives": objectives, "trials": search.trials, "top": search.top, "address": address or "local"})
+    done_before = counts(records_from_files(out), objectives)
+    progress.line(f"search {spec.name}: Ray Tune on {len(nodes)} node(s) ({resources.get('CPU', 0):g} CPUs, "
+                  f"{resources.get('GPU', 0):g} GPUs), {search.trials} trials, {search.sampler} + "
+                  f"{scheduler_name}, objectives {', '.join(objectives)}, {cpus_per_trial:g} CPU"
+                  + (f" + {gpus_per_trial:g} GPU" if gpus_per_trial else "") + f" per trial, up to {concurrent} "
+                  f"at once; experiment in {exp_dir}")
+    if search.sampler != "tpe":
+        progress.line(f"note: Ray runs use the {search.sampler} sampler through OptunaSearch as the Optuna engine does")
+
+    finished = {r.number: r.attrs for r in records_from_files(out) if r.state in ("complete", "pruned", "failed")}
+    fn = tune.with_resources(tune.with_parameters(trainable, spec=spec, threads=threads, finished=finished),
+                             per_trial)
+    callback = make_callback(out, spec, progress, scheduler_name)
+    restoring = tune.Tuner.can_restore(exp_dir)
+    if restoring:
+        progress.line(f"resuming the Ray experiment in {exp_dir}: {done_before.done} of {search.trials} trials done")
+        tuner = tune.Tuner.restore(exp_dir, trainable=fn, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+        tuner._local_tuner._run_config.callbacks = [callback]  # callbacks are not saved with the experiment
+    else:
+        searcher = make_searcher(spec, objectives, seed=search.seed)
+        for path, params in warm:  # Ray drops a define-by-run space's points_to_evaluate: enqueue them ourselves
+            searcher._ot_study.enqueue_trial(params or {}, user_attrs={"warm_start": path,
+                                                                       "in_space": params is not None})
+        tuner = tune.Tuner(
+            fn,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=search.trials,
+                                        max_concurrent_trials=concurrent, trial_dirname_creator=trial_dirname,
+                                        time_budget_s=search.timeout),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=root, verbose=0, callbacks=[callback],
+                                      failure_config=tune.FailureConfig(max_failures=2),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    start = time.perf_counter()
+    interrupted = False
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    progress.clear()
+    records = records_from_files(out)
+    c = counts(records, objectives)
+    if c.done < search.trials and (interrupted or c.done + c.running < search.trials) and not search.timeout:
+        interrupted = True
+    summary = write_results(records, spec, out, progress)
+    summary["seconds"] = time.perf_counter() - start
+    summary["interrupted"] = interrupted
+    if not interrupted and search.final_epochs and summary.get("best_trial") is not None:
+        device = resolve_device(spec.train.device)
+        summary["final"] = final_training(records, spec, out, summary["best_trial"], search.final_epochs, device,
+                                          DataCache(), progress)
+    return summary
+
+
+def trial_dirname(trial) -> str:
+    """Ray's folder for a trial: its number, not its whole config."""
+    return f"trial_{trial.config.get(f'{META}trial', trial.trial_id)}_{trial.trial_id}"
+
+
+def _warm_starts(spec: Spec) -> list[tuple[str, Optional[dict]]]:
+    out = []
+    for path in spec.search.warm_start:
+        arch = load_spec(path)
+        if not arch.is_fixed():
+            raise SpecError("search.warm_start", f"{path} is a search space; warm starts are fixed architectures")
+        try:
+            out.append((path, params_for(spec, arch)))
+        except OutsideSpace:
+            out.append((path, None))
+    return out

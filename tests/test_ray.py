@@ -1,0 +1,173 @@
+"""`search run --backend ray`: the Ray Tune engine on a real local Ray, a real two-node cluster, and after
+interrupts. Every search is a tiny space at 8x8 on digits with one epoch and one thread per trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search_space.spec import dump_spec, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+
+TINY = """
+name: tiny
+model:
+  input_size: 8
+  stem: {type: cifar, width: 8}
+  stages:
+    - depth: {int: [1, 2]}
+      width: {choice: [8, 16]}
+      block: {type: {choice: [plain, se, split_attention]}, bottleneck_ratio: 0.5, radix: 2}
+train: {dataset: digits, epochs: 1, batch_size: 64, warmup_epochs: 0, lr: {choice: [0.1, 0.3]}}
+search: {trials: 4, sampler: tpe, pruner: none, backend: ray}
+"""
+
+
+def write_space(tmp_path: Path, **changes) -> Path:
+    data = yaml.safe_load(textwrap.dedent(TINY))
+    for key, value in changes.items():
+        section, name = key.split("__")
+        data[section][name] = value
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def search(*args, cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search_space.cli", "run", *map(str, args)], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def trial_files(out: Path) -> dict[int, dict]:
+    return {int(p.parent.name): json.loads(p.read_text()) for p in (out / "trials").glob("*/metrics.json")}
+
+
+def test_local_ray_search_writes_the_same_results_and_records_a_failing_trial(tmp_path):
+    """A real local Ray: trials run, a diverging warm start is recorded with its reason, the table, best.yaml,
+    trials/ and `search show` come out as on the Optuna engine."""
+    space = load_spec(write_space(tmp_path))
+    from search_space.sampling import RandomSuggester, sample
+    import dataclasses
+
+    bad = sample(space, RandomSuggester(1))
+    bad = dataclasses.replace(bad, train=dataclasses.replace(bad.train, lr=1.0e6))  # diverges at once
+    (tmp_path / "diverges.yaml").write_text(dump_spec(bad))
+    path = write_space(tmp_path, search__warm_start=["diverges.yaml"], train__lr={"choice": [0.1, 0.3, 1.0e6]})
+    out = tmp_path / "run"
+    done = search(path, "--out", out, "--max-concurrent", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank  trial  val_acc" in done.stdout and "blocks (per stage)" in done.stdout
+    assert "Ray Tune on 1 node(s)" in done.stderr
+    files = trial_files(out)
+    assert sorted(files) == [0, 1, 2, 3]
+    warm = files[0]
+    assert warm["warm_start"].endswith("diverges.yaml") and warm["optuna_params"]["train.lr"] == 1.0e6
+    assert warm["state"] == "failed" and warm["status"] == "diverged" and warm["reason"]
+    assert "(diverged:" in done.stderr
+    complete = {n: m for n, m in files.items() if m["state"] == "complete"}
+    assert complete, files
+    for n, m in complete.items():
+        assert m["epochs"] == 1 and m["values"]["val_accuracy"] == m["val_accuracy"]
+        assert load_spec(out / "trials" / str(n) / "arch.yaml").is_fixed()
+    best_number = max(complete, key=lambda n: (complete[n]["val_accuracy"], -complete[n]["params"], -n))
+    best = load_spec(out / "best.yaml")
+    assert best.model == load_spec(out / "trials" / str(best_number) / "arch.yaml").model
+    assert json.loads((out / "run.json").read_text())["backend"] == "ray"
+    shown = subprocess.run([sys.executable, "-m", "search_space.cli", "show", str(out)], env=ENV,
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert shown.returncode == 0 and "4/4 trials" in shown.stdout and f"  {best_number}  " in shown.stdout
+    compiled = subprocess.run([sys.executable, "-m", "search_space.cli", "compile", str(out / "best.yaml")],
+                              env=ENV, capture_output=True, text=True, cwd=tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+
+
+def test_ray_options_need_the_ray_backend(tmp_path):
+    path = write_space(tmp_path, search__backend="optuna")
+    done = search(path, "--gpus-per-trial", "0.5", cwd=tmp_path, timeout=60)
+    assert done.returncode == 2 and "--gpus-per-trial" in done.stderr and "--backend ray" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_ray_search_resumes_without_losing_trials(tmp_path, sig):
+    """Interrupt the driver after the first trial ends; rerunning the command restores the experiment
+    (Tuner.restore), keeps every finished trial as it was and reaches the trial count."""
+    path = write_space(tmp_path, search__trials=5, train__epochs=2)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "search_space.cli", "run", str(path), "--out", str(out),
+                             "--max-concurrent", "1"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not trial_files(out) and proc.poll() is None:
+        time.sleep(0.5)
+    assert trial_files(out), "no trial finished in time"
+    time.sleep(1.0)
+    if sig == signal.SIGKILL:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    else:
+        proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    before = {n: m for n, m in trial_files(out).items() if m["state"] in ("complete", "pruned", "failed")}
+    assert before
+    done = search(path, "--out", out, "--max-concurrent", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming the Ray experiment" in done.stderr
+    after = trial_files(out)
+    for n, m in before.items():  # nothing finished was lost or redone
+        assert after[n]["state"] == m["state"] and after[n].get("val_accuracy") == m.get("val_accuracy")
+        assert after[n]["seconds"] == m["seconds"]
+    assert sum(m["state"] in ("complete", "pruned", "failed") for m in after.values()) >= 5
+    assert "5/5 trials" in done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray(*args, timeout=120) -> subprocess.CompletedProcess:
+    ray_bin = Path(sys.executable).parent / "ray"
+    return subprocess.run([str(ray_bin), *args], env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+    """A real two-node Ray cluster on loopback (a head and a second node with its own custom resource): the
+    search joins it with --address and trials run on both nodes."""
+    port = _free_port()
+    _ray("stop", "--force")
+    head = _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                "--resources={\"head_node\": 1}", "--include-dashboard=false", "--disable-usage-stats")
+    assert head.returncode == 0, head.stderr[-2000:]
+    try:
+        worker = _ray("start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                      "--resources={\"second_node\": 1}", "--disable-usage-stats")
+        assert worker.returncode == 0, worker.stderr[-2000:]
+        path = write_space(tmp_path, search__trials=4)
+        out = tmp_path / "run"
+        missing = search(path, "--out", out, "--address", f"127.0.0.1:{port}", cwd=tmp_path, timeout=120)
+        assert missing.returncode == 2 and "--storage-path" in missing.stderr and "2 nodes" in missing.stderr
+        done = search(path, "--out", out, "--address", f"127.0.0.1:{port}", "--storage-path", tmp_path / "shared",
+                      "--max-concurrent", "2", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "on 2 node(s)" in done.stderr
+        nodes = {m["node"] for m in trial_files(out).values()}
+        ids = subprocess.run([sys.executable, "-c", f"import ray, json; ray.init(address='127.0.0.1:{port}', "
+                              "logging_level='ERROR'); print(json.dumps([n['NodeID'] for n in ray.nodes() "
+                              "if n['Alive']]))"], env=ENV, capture_output=True, text=True, timeout=120)
+        assert nodes == set(json.loads(ids.stdout.strip().splitlines()[-1])), (nodes, ids.stdout, ids.stderr)
+        assert (tmp_path / "shared" / "ray").is_dir()
+    finally:
+        _ray("stop", "--force")
