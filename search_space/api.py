@@ -83,7 +83,7 @@ def create_model(model: Any = None, *, run: str | Path | None = None, weights: s
         spec = load_any(arch_path)
         weights = weights if weights is not None else run_weights
     else:
-        if isinstance(model, (str, Path)) and Path(str(model)).is_dir():
+        if isinstance(model, (str, Path)) and "\n" not in str(model) and Path(str(model)).is_dir():
             _, run_weights = resolve_run(model)
             weights = weights if weights is not None else run_weights
         spec = load_any(model)
