@@ -1,0 +1,64 @@
+"""The multi-objective successive-halving rule on fixed tables (all objectives minimised: -accuracy, params)."""
+
+import math
+
+import pytest
+
+from runners.mo_pruning import (crowding_distances, dominates, keep_count, nondominated_ranks, order, rungs,
+                                should_stop)
+
+# (-accuracy, params): a..e as drawn by hand
+#   a (-0.90, 100)  b (-0.80, 50)  c (-0.85, 120)  d (-0.70, 40)  e (-0.60, 200)
+TABLE = [(-0.90, 100), (-0.80, 50), (-0.85, 120), (-0.70, 40), (-0.60, 200)]
+
+
+def test_dominance_and_fronts_by_hand():
+    assert dominates(TABLE[0], TABLE[2])        # a: more accurate and smaller than c
+    assert not dominates(TABLE[0], TABLE[1])    # a more accurate, b smaller: neither wins
+    assert not dominates(TABLE[0], TABLE[0])
+    # front 0: a, b, d (no one beats them); front 1: c (beaten by a only); front 2: e (beaten by c too)
+    assert nondominated_ranks(TABLE) == [0, 0, 1, 0, 2]
+
+
+def test_crowding_distance_by_hand():
+    front = [TABLE[0], TABLE[1], TABLE[3]]  # a, b, d
+    # b is inside on both axes: accuracy (0.90 - 0.70) / 0.20 = 1.0, params (100 - 40) / 60 = 1.0
+    assert crowding_distances(front) == [math.inf, pytest.approx(2.0), math.inf]
+    assert crowding_distances(front[:2]) == [math.inf, math.inf]
+
+
+def test_order_is_by_front_then_crowding_then_position():
+    assert order(TABLE) == [0, 3, 1, 2, 4]
+
+
+@pytest.mark.parametrize("n, eta, kept", [(1, 3, 1), (2, 3, 1), (3, 3, 1), (5, 3, 1), (6, 3, 2), (9, 3, 3),
+                                          (4, 2, 2)])
+def test_keep_count(n, eta, kept):
+    assert keep_count(n, eta) == kept
+
+
+def test_should_stop_on_the_table():
+    # with eta = 2, two of the five continue: a and d (the extremes of the front)
+    for i, point in enumerate(TABLE):
+        others = TABLE[:i] + TABLE[i + 1:]
+        assert should_stop(point, others, eta=2) == (i not in (0, 3))
+    # a dominated newcomer is stopped, a newcomer that dominates everyone continues
+    assert should_stop((-0.5, 300), TABLE, eta=2)
+    assert not should_stop((-0.95, 10), TABLE, eta=2)
+    # the first trial at a rung has nobody to lose to
+    assert not should_stop((-0.1, 1e9), [], eta=3)
+
+
+def test_one_objective_is_asha():
+    accs = [(-a,) for a in (0.5, 0.9, 0.7, 0.6, 0.8)]
+    # top 5 // 3 = 1 continues: only the best
+    assert [should_stop(p, accs[:i] + accs[i + 1:], eta=3) for i, p in enumerate(accs)] == \
+        [True, False, True, True, True]
+
+
+def test_rungs():
+    assert rungs(1, 9, eta=3) == [1, 3]
+    assert rungs(2, 24, eta=3) == [2, 6, 18]
+    assert rungs(5, 5) == []
+    with pytest.raises(ValueError):
+        should_stop((0,), [], eta=1)
