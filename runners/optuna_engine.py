@@ -35,7 +35,7 @@ from search_space.spec import Spec, load_spec
 from .progress import Progress
 from .results import (Counts, TrialRecord, counts, final_training, status_head, summary_line, trial_line,
                       write_results)
-from .signals import Interrupted, StopSignals, die_with_parent
+from .signals import Interrupted, StopSignals, die_with_parent, stop_error
 from .storage import (RunLock, check_study_known, check_study_present, check_workers, claim, is_sqlite, masked,
                       open_storage, recover_lost_trials, retry_trial, sqlite_path, storage_url, without_password,
                       worker_identity)
@@ -46,6 +46,7 @@ STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialSta
           TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
 TELL = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 WAIT_S = 2.0  # how often a process with nothing left to start looks at the trials running elsewhere
+MO_REDUCTION_FACTOR = 3  # several objectives: a third of the trials at a rung continue (as Hyperband, eta 3)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,8 +128,10 @@ def make_pruner(search: SearchConfig, epochs: int, objectives: list[str],
     if search.pruner == "none":
         return optuna.pruners.NopPruner(), ""
     if len(objectives) > 1:
-        return optuna.pruners.NopPruner(), (f"note: pruning works on one objective only; pruner "
-                                            f"'{search.pruner}' is off for {len(objectives)} objectives")
+        if "val_accuracy" in objectives:  # Optuna cannot: successive halving by non-dominated rank, in OptunaHooks
+            return optuna.pruners.NopPruner(), ""
+        return optuna.pruners.NopPruner(), (f"note: pruning reads validation accuracy; pruner '{search.pruner}' "
+                                            f"is off for objectives {', '.join(objectives)}")
     if objectives != ["val_accuracy"]:
         return optuna.pruners.NopPruner(), (f"note: pruning reads validation accuracy; pruner '{search.pruner}' "
                                             f"is off for objective {objectives[0]}")
@@ -138,6 +141,15 @@ def make_pruner(search: SearchConfig, epochs: int, objectives: list[str],
     if search.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=3), ""
     return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max(epochs, first), reduction_factor=3), ""
+
+
+def mo_rungs(search: SearchConfig, epochs: int, objectives: list[str], first_epoch: int = 1) -> list[int]:
+    """Rung epochs of multi-objective successive halving (none for one objective or without a pruner)."""
+    from runners.mo_pruning import rungs
+
+    if len(objectives) < 2 or "val_accuracy" not in objectives or search.pruner == "none":
+        return []
+    return rungs(min(max(search.pruner_min_epochs, first_epoch), epochs), epochs, MO_REDUCTION_FACTOR)
 
 
 def max_epochs(spec: Spec) -> int:
@@ -271,8 +283,29 @@ class OptunaHooks(TrialHooks):
         write_text(trial_dir(self.run.out, number) / "arch.yaml", arch_yaml)
 
     def report(self, epoch, metrics):
+        if len(self.run.objectives) > 1:
+            return self._stop_by_nondominated_rank(epoch, metrics["val_accuracy"])
         self.trial.report(metrics["val_accuracy"], epoch)
         return self.trial.should_prune()
+
+    def _stop_by_nondominated_rank(self, epoch, accuracy):
+        """Several objectives (Optuna refuses trial.report there): at a rung, this trial's (accuracy, params/MACs)
+        against every trial that reached the rung, by :func:`runners.mo_pruning.should_stop`. Costs are known
+        before training; latency is not, so MACs stand in for it."""
+        from runners.mo_pruning import should_stop
+
+        if epoch not in self.run.mo_rungs:
+            return False
+        key = f"rung_{epoch}"
+        self.trial.set_user_attr(key, accuracy)
+
+        def point(acc, attrs):
+            return [-acc if o == "val_accuracy" else float(attrs.get("macs" if o == "latency" else o, 0))
+                    for o in self.run.objectives]
+
+        others = [point(t.user_attrs[key], t.user_attrs) for t in self.trial.study.get_trials(deepcopy=False)
+                  if t.number != self.trial.number and key in t.user_attrs]
+        return should_stop(point(accuracy, self.trial.user_attrs), others, eta=MO_REDUCTION_FACTOR)
 
     def status(self, text):
         self.run.show_status(text)
@@ -349,6 +382,7 @@ class SearchRun:
                             f"{self.directions} ({self.objectives}); use another --study-name or --out")
         parallel = search.workers > 1 or not is_sqlite(self.url)
         pruner, self.pruner_note = make_pruner(search, max_epochs(self.spec), self.objectives, warmup_end(self.spec))
+        self.mo_rungs = mo_rungs(search, max_epochs(self.spec), self.objectives, warmup_end(self.spec))
         sampler = PerTrialSeed(make_sampler(search, len(self.objectives), parallel, search.seed), search.seed)
         self.study = optuna.load_study(study_name=name, storage=storage, pruner=pruner, sampler=sampler)
         if create:
@@ -478,7 +512,7 @@ class SearchRun:
             raise
         if outcome.status == "interrupted":
             self._stop(trial, "interrupted", outcome.reason)
-            raise KeyboardInterrupt(outcome.reason)
+            raise stop_error(outcome.reason)
         values = outcome.values if outcome.state == "complete" else None
         try:
             frozen = study.tell(trial, values, state=TELL[outcome.state], skip_if_finished=True)

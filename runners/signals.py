@@ -14,6 +14,7 @@ import threading
 from typing import Optional
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_received: Optional[int] = None  # the signal that is stopping this process, once one came
 
 
 class Interrupted(KeyboardInterrupt):
@@ -41,7 +42,8 @@ class StopSignals:
             print(f"{signal.Signals(signum).name}: already stopping (recording the interrupted trial)",
                   file=sys.stderr, flush=True)
             return
-        self.signum = signum
+        global _received
+        self.signum = _received = signum
         raise Interrupted(signum)
 
     def __enter__(self) -> "StopSignals":
@@ -57,6 +59,11 @@ class StopSignals:
 
     def exit_code(self, default: int = 130) -> int:
         return 128 + self.signum if self.signum is not None else default
+
+
+def stop_error(reason: str = "") -> KeyboardInterrupt:
+    """The exception that carries a stop on, after the training it interrupted has returned."""
+    return Interrupted(_received) if _received is not None else KeyboardInterrupt(reason)
 
 
 def die_with_parent(parent_pid: int) -> None:
