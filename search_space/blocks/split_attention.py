@@ -42,8 +42,9 @@ class SplitAttention(nn.Module):
         splits = x.view(b, r, rc // r, h, w)              # radix-major channels
         logits = self.fc2(self.fc1(splits.sum(1).mean((2, 3), keepdim=True)))
         if r > 1:
-            # fc2's channels are cardinal-major (K, R, C/K): softmax over R, then lay out radix-major.
-            attn = torch.softmax(logits.view(b, k, r, -1), dim=2).transpose(1, 2).reshape(b, r, rc // r, 1, 1)
+            # fc2's channels are cardinal-major (K, R, C/K): lay them out radix-major, then softmax over R (in
+            # this order, as timm's RadixSoftmax does: the softmax kernel then sees the same strides and rounds alike).
+            attn = torch.softmax(logits.view(b, k, r, -1).transpose(1, 2), dim=1).reshape(b, r, rc // r, 1, 1)
         else:
             attn = logits.sigmoid().view(b, r, rc // r, 1, 1)
         return self.pool(channels_last_like((splits * attn).sum(1), x))  # the sum over R drops channels_last
