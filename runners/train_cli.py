@@ -13,6 +13,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
+from search_space.cli import writable_dir
 from search_space.config import DATASETS, TrainConfig
 from search_space.schema import SpecError, check_value
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise SpecError(choices_in(spec)[0], f"{args.arch} is a search space (this is still a choice); draw one "
                         f"architecture first: `search sample {args.arch} -o arch.yaml`, then train arch.yaml")
     config = apply_overrides(spec.train, args)
-    out = Path(args.out) if args.out else Path("runs") / f"train-{spec.name}"
+    out = writable_dir(Path(args.out) if args.out else Path("runs") / f"train-{spec.name}")  # before training
     device = resolve_device(config.device)
     if device.type == "cpu":
         import torch

@@ -27,6 +27,19 @@ def fmt_macs(n: int) -> str:
     return f"{n / 1e9:.3f} G" if n >= 1e8 else f"{n / 1e6:.2f} M"
 
 
+def writable_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create the output directory a command will write into, before any work, so an unwritable one is bad
+    input (exit 2) now rather than a failure after training."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpecError(flag, f"{path}: cannot create the directory ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SpecError(flag, f"{path}: the directory is not writable")
+    return path
+
+
 def write_output(path: str, text: str, flag: str = "--output") -> None:
     """Write a file the user asked for; a path that cannot be written is bad input (exit 2), not a traceback."""
     try:
