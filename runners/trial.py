@@ -222,8 +222,9 @@ def fixed_image_size(spec: Spec) -> Optional[int]:
 class Evaluator:
     """Evaluates candidates of one space: sample -> budgets -> train -> outcome. One per process.
 
-    ``prune``: report each epoch to the engine and let it stop the trial (single-objective searches on
-    ``val_accuracy``; pruning on accuracy for any other objective would stop trials in the wrong direction).
+    ``prune``: report each epoch to the engine and let it stop the trial (searches on ``val_accuracy``, alone or
+    with cost objectives, where the engine prunes by non-dominated rank; pruning on accuracy for any other single
+    objective would stop trials in the wrong direction).
     """
 
     def __init__(self, spec: Spec, device, data: Optional[DataCache] = None, worker: str = ""):
@@ -232,7 +233,8 @@ class Evaluator:
         self.data = data or DataCache()
         self.worker = worker
         self.objectives = list(spec.search.objectives)
-        self.prune = self.objectives == ["val_accuracy"] and spec.search.pruner != "none"
+        self.prune = spec.search.pruner != "none" and (self.objectives == ["val_accuracy"] or (
+            len(self.objectives) > 1 and "val_accuracy" in self.objectives))  # several: runners.mo_pruning
         self.image_size = fixed_image_size(spec)
 
     def evaluate(self, number: int, suggest, hooks: TrialHooks, warm: Optional[str] = None,

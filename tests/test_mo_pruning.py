@@ -62,3 +62,44 @@ def test_rungs():
     assert rungs(5, 5) == []
     with pytest.raises(ValueError):
         should_stop((0,), [], eta=1)
+
+
+TINY = """
+name: tiny
+model:
+  input_size: 8
+  stem: {type: cifar, width: 8}
+  stages:
+    - depth: {int: [1, 2]}
+      width: {choice: [8, 16]}
+      block: {type: {choice: [plain, se, split_attention]}, bottleneck_ratio: 0.5, radix: 2}
+train: {dataset: digits, epochs: 3, batch_size: 64, warmup_epochs: 0, lr: {float: [0.1, 0.3], log: true}}
+search: {trials: 6, sampler: random, pruner: successive_halving, objectives: [val_accuracy, params], seed: 1}
+"""
+
+
+def test_a_multi_objective_search_prunes_by_nondominated_rank(tmp_path, single_thread):
+    """The Optuna engine stops trials at rung 1 exactly when the rule says so, replayed from the study."""
+    import io
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from runners.optuna_engine import run_search
+    from runners.progress import Progress
+    from search_space.spec import load_spec
+
+    path = tmp_path / "space.yaml"
+    path.write_text(TINY)
+    out = tmp_path / "run"
+    run_search(load_spec(path), out, progress=Progress(stream=io.StringIO(), tty=False))
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    trained = sorted((t for t in study.trials if "rung_1" in t.user_attrs), key=lambda t: t.number)
+    assert len(trained) >= 4
+    seen = []
+    for t in trained:
+        point = (-t.user_attrs["rung_1"], t.user_attrs["params"])
+        assert (t.state == TrialState.PRUNED) == should_stop(point, seen, eta=3)
+        assert t.user_attrs["epochs"] == (1 if t.state == TrialState.PRUNED else 3)
+        seen.append(point)
+    assert any(t.state == TrialState.PRUNED for t in trained) and any(t.state == TrialState.COMPLETE for t in trained)
