@@ -79,6 +79,11 @@ def bootstrap_band(errors, grid, weights=None, n_boot: int = 500, level: float =
     return np.quantile(curves, alpha, axis=0), np.quantile(curves, 1 - alpha, axis=0)
 
 
+# Below this many trials a value gets no verdict: 3 lucky trials out of 3 would otherwise "help", and a report
+# holds dozens of values, so some would by chance.
+MIN_TRIALS = 5
+
+
 def effective_n(weights) -> float:
     """Kish's effective sample size of weighted models: (sum w)^2 / sum w^2 (n when all weights are equal)."""
     w = np.asarray(weights, dtype=float)
@@ -112,7 +117,7 @@ class Effect:
 
     @property
     def verdict(self) -> str:
-        if self.trials < 2:
+        if self.trials < MIN_TRIALS:
             return "too few trials"
         if self.low > 0.5:
             return "helps"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import json
 import math
 import re
 import warnings
@@ -337,7 +336,7 @@ def png_edf(view: ChoiceView, path: Path) -> None:
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("fraction of trials with lower error")
-    axes[0][-1].legend(title=view.label, fontsize=8, title_fontsize=8, loc="lower right")
+    axes[0][0].legend(title=view.label, fontsize=8, title_fontsize=8, loc="lower right")
     fig.suptitle(f"error EDF by {view.label} (90% bootstrap bands)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -524,8 +523,9 @@ def headline(views: list[ChoiceView], n_done: int) -> str:
                 if e.verdict == verdict:
                     also = [p for p in view.panels[1:] if any(m.value == e.value and m.verdict == verdict
                                                               for m in view.effects[p])]
+                    where = "; also at " + ", ".join(also) if also else "; not at matched complexity"
                     found.append(f"{html.escape(view.label)} = <b>{html.escape(str(e.value))}</b> "
-                                 f"({e.trials} trials{'; also at ' + ', '.join(also) if also else '; not at matched complexity'})")
+                                 f"({e.trials} trials{where})")
         if found:
             parts.append(f"<li><span class='{verdict}'>{verdict.capitalize()}</span>: {'; '.join(found)}.</li>")
     if not any(e.verdict in ("helps", "hurts") for v in views for e in v.effects["all trials"]):
@@ -564,7 +564,8 @@ table{border-collapse:collapse;font-size:13px;margin:8px 0} td,th{border:1px sol
 td.helps{background:#d9f2dd;font-weight:600} td.hurts{background:#f9dcdc} td.no_clear_effect{color:#666}
 td.too_few_trials{color:#999} pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px}
 details{margin:2px 0} span.helps{background:#d9f2dd;font-weight:600;padding:0 4px}
-span.hurts{background:#f9dcdc;font-weight:600;padding:0 4px} ul.headline li{margin:4px 0} .plot{margin:6px 0 18px 0} .choice{margin-top:22px}
+span.hurts{background:#f9dcdc;font-weight:600;padding:0 4px} ul.headline li{margin:4px 0}
+.plot{margin:6px 0 18px 0} .choice{margin-top:22px}
 """
 
 SORT_JS = """

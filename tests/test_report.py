@@ -9,12 +9,10 @@ import re
 import shutil
 import subprocess
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from runners import edf as E
 from runners.report import pareto_mask, write_report
@@ -68,7 +66,11 @@ def test_effects_by_hand():
     from scipy.stats import beta
 
     assert (eff["sk"].low, eff["sk"].high) == pytest.approx((beta.ppf(0.05, 3.5, 1.5), beta.ppf(0.95, 3.5, 1.5)))
-    assert eff["sk"].verdict == "no clear effect" and eff["se"].verdict == "no clear effect"  # too few to tell
+    assert eff["sk"].verdict == "too few trials" and eff["se"].verdict == "too few trials"  # fewer than 5
+    errors = [0.10, 0.12, 0.14, 0.16, 0.50, 0.30, 0.40, 0.45]  # median (0.16 + 0.30) / 2 = 0.23
+    five = {e.value: e for e in E.effects(errors, {"a": [0, 1, 2, 3, 6], "b": [4, 5, 7]})}
+    assert five["a"].share_below_median == pytest.approx(0.8)  # 0.10 0.12 0.14 0.16 below, 0.40 not
+    assert five["a"].verdict == "no clear effect"  # Jeffreys interval of 4 of 5 reaches below 0.5
     many = np.r_[np.full(10, 0.1), np.full(10, 0.5)]
     eff = {e.value: e for e in E.effects(many, {"a": np.arange(10), "b": np.arange(10, 20)})}
     assert eff["a"].verdict == "helps" and eff["b"].verdict == "hurts"
