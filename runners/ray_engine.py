@@ -311,8 +311,11 @@ def connect(address: Optional[str], num_cpus: Optional[int]) -> None:
         else:
             ray.init(num_cpus=num_cpus, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise SpecError("--address", f"cannot reach a Ray cluster at {address!r}: {str(e).splitlines()[0]}; start "
-                                     f"one with `ray start --head`, or leave --address out for a local Ray") from None
+        hint = (" (the cluster uses token authentication: export RAY_AUTH_MODE=token, with the head's "
+                "~/.ray/auth_token here or in RAY_AUTH_TOKEN)" if "auth" in str(e).lower() else "")
+        raise SpecError("--address", f"cannot reach a Ray cluster at {address!r}: {str(e).splitlines()[0][:200]}"
+                                     f"{hint}; start one with `ray start --head`, or leave --address out for a local "
+                                     f"Ray") from None
 
 
 def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress: Optional[Progress] = None,
@@ -322,8 +325,14 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # rejected trials report no accuracy
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
-    import ray
-    from ray import tune
+    if not address:  # a local Ray started here listens on loopback only (Ray reads this when it is imported)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    try:
+        import ray
+        from ray import tune
+    except ImportError:
+        raise SpecError("--backend", "ray needs Ray Tune, which is not installed: pip install 'ray[tune]' "
+                                     "(or this package's [ray] extra)") from None
 
     from .optuna_engine import max_epochs
     from runners.train import resolve_device

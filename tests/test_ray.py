@@ -45,8 +45,8 @@ def write_space(tmp_path: Path, **changes) -> Path:
     return path
 
 
-def search(*args, cwd: Path, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "search_space.cli", "run", *map(str, args)], cwd=cwd, env=ENV,
+def search(*args, cwd: Path, timeout: float = 400, env: dict = ENV) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search_space.cli", "run", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -140,7 +140,13 @@ def _free_port() -> int:
 
 def _ray(*args, timeout=120) -> subprocess.CompletedProcess:
     ray_bin = Path(sys.executable).parent / "ray"
-    return subprocess.run([str(ray_bin), *args], env=ENV, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([str(ray_bin), *args], env=CLUSTER_ENV, capture_output=True, text=True, timeout=timeout)
+
+
+# Ray resolves 127.0.0.1 to the machine's network address for a cluster; another loopback address stays local.
+# `ray start --head` turns on token authentication; its token is in ~/.ray/auth_token on this machine.
+NODE_IP = "127.0.0.2"
+CLUSTER_ENV = {**ENV, "RAY_AUTH_MODE": "token"}
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
@@ -148,26 +154,57 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     search joins it with --address and trials run on both nodes."""
     port = _free_port()
     _ray("stop", "--force")
-    head = _ray("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+    head = _ray("start", "--head", f"--port={port}", f"--node-ip-address={NODE_IP}", "--num-cpus=1",
                 "--resources={\"head_node\": 1}", "--include-dashboard=false", "--disable-usage-stats")
     assert head.returncode == 0, head.stderr[-2000:]
     try:
-        worker = _ray("start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+        worker = _ray("start", f"--address={NODE_IP}:{port}", f"--node-ip-address={NODE_IP}", "--num-cpus=1",
                       "--resources={\"second_node\": 1}", "--disable-usage-stats")
         assert worker.returncode == 0, worker.stderr[-2000:]
         path = write_space(tmp_path, search__trials=4)
         out = tmp_path / "run"
-        missing = search(path, "--out", out, "--address", f"127.0.0.1:{port}", cwd=tmp_path, timeout=120)
+        missing = search(path, "--out", out, "--address", f"{NODE_IP}:{port}", cwd=tmp_path, timeout=120,
+                         env=CLUSTER_ENV)
         assert missing.returncode == 2 and "--storage-path" in missing.stderr and "2 nodes" in missing.stderr
-        done = search(path, "--out", out, "--address", f"127.0.0.1:{port}", "--storage-path", tmp_path / "shared",
-                      "--max-concurrent", "2", cwd=tmp_path)
+        done = search(path, "--out", out, "--address", f"{NODE_IP}:{port}", "--storage-path", tmp_path / "shared",
+                      "--max-concurrent", "2", cwd=tmp_path, env=CLUSTER_ENV)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "on 2 node(s)" in done.stderr
         nodes = {m["node"] for m in trial_files(out).values()}
-        ids = subprocess.run([sys.executable, "-c", f"import ray, json; ray.init(address='127.0.0.1:{port}', "
+        ids = subprocess.run([sys.executable, "-c", f"import ray, json; ray.init(address='{NODE_IP}:{port}', "
                               "logging_level='ERROR'); print(json.dumps([n['NodeID'] for n in ray.nodes() "
-                              "if n['Alive']]))"], env=ENV, capture_output=True, text=True, timeout=120)
+                              "if n['Alive']]))"], env=CLUSTER_ENV, capture_output=True, text=True, timeout=120)
         assert nodes == set(json.loads(ids.stdout.strip().splitlines()[-1])), (nodes, ids.stdout, ids.stderr)
         assert (tmp_path / "shared" / "ray").is_dir()
     finally:
         _ray("stop", "--force")
+
+
+def test_a_trial_whose_worker_dies_is_retried(tmp_path):
+    """SIGKILL the Ray worker process that trains a trial: FailureConfig runs the trial again and the search
+    completes with every trial recorded (none lost, none failed)."""
+    import psutil
+
+    path = write_space(tmp_path, search__trials=2, train__epochs=3)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "search_space.cli", "run", str(path), "--out", str(out),
+                             "--max-concurrent", "1"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.monotonic() + 240
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if "ImplicitFunc" in " ".join(p.cmdline()) and p.cpu_times().user > 2.0:  # training, not starting
+                    p.kill()
+                    killed = p.pid
+                    break
+            except psutil.Error:
+                continue
+        time.sleep(0.3)
+    assert killed, "no trial worker was seen training"
+    stdout, stderr = proc.communicate(timeout=400)
+    assert proc.returncode == 0, stderr[-3000:]
+    files = trial_files(out)
+    assert sorted(files) == [0, 1] and all(m["state"] == "complete" for m in files.values()), files
+    assert "2/2 trials: 2 complete" in stderr
