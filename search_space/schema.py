@@ -105,6 +105,8 @@ def _fmt(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int) and value.bit_length() > 256:  # str() refuses ints of more than 4300 digits
+        return f"{'-' if value < 0 else ''}an integer of about {int(value.bit_length() * 0.30103):,} digits"
     if isinstance(value, (dict, list)) and len(value) > 20:  # do not format a huge container only to cut it
         value = type(value)(list(value.items())[:20]) if isinstance(value, dict) else value[:20]
     return short(repr(value) if isinstance(value, str) else str(value))
@@ -233,8 +235,8 @@ def check_value(value: Any, tp, path: str, meta: dict | None = None) -> Any:
         allowed = typing.get_args(tp)
         if not any(type(value) is type(a) and value == a for a in allowed):  # 2.0 is not 2, and true is not 1
             if isinstance(value, float) and value.is_integer() and int(value) in allowed:
-                raise SpecError(path, f"{_fmt(value)} is not an integer; write {int(value)} (without the decimal "
-                                      f"point)")
+                raise SpecError(path, f"{_fmt(value)} is not an integer; write {_fmt(int(value))} (without the "
+                                      f"decimal point)")
             hint = ""
             if isinstance(value, str):
                 close = difflib.get_close_matches(value, [a for a in allowed if isinstance(a, str)], n=1)
@@ -252,7 +254,8 @@ def check_value(value: Any, tp, path: str, meta: dict | None = None) -> Any:
         return value
     if tp is int:
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            raise SpecError(path, f"{_fmt(value)} is not an integer; write {int(value)} (without the decimal point)")
+            raise SpecError(path, f"{_fmt(value)} is not an integer; write {_fmt(int(value))} (without the decimal "
+                                  f"point)")
         if isinstance(value, bool) or not isinstance(value, int):
             raise SpecError(path, f"{_fmt(value)} is not an integer")
     elif tp is float:

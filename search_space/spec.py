@@ -396,7 +396,8 @@ def load_spec(source: str | Path) -> Spec:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError("", f"{name}: YAML syntax error{where}: {problem}") from None
+        kind = "YAML error" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error"
+        raise SpecError("", f"{name}: {kind}{where}: {problem}") from None
     spec = parse_spec(data, name)
     if isinstance(source, (str, Path)) and "\n" not in str(source):
         spec.search = dataclasses.replace(spec.search, warm_start=[
@@ -456,6 +457,18 @@ class SpecLoader(yaml.SafeLoader):
                                   f"last one", key.start_mark)
             seen[ident] = key.start_mark.line + 1
         return node
+
+    def construct_yaml_int(self, node):
+        """An integer of at most 100 digits: Python refuses to convert longer ones to text (a ValueError, not a
+        YAML error), and no spec value needs them."""
+        digits = len(node.value.lstrip("+-").replace("_", ""))
+        if digits > 100:
+            raise yaml.constructor.ConstructorError(None, None, f"an integer of {digits:,} digits; a spec number "
+                                                                f"has at most 100", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+SpecLoader.add_constructor("tag:yaml.org,2002:int", SpecLoader.construct_yaml_int)
 
 
 def _read(source: str | Path) -> tuple[str, str]:

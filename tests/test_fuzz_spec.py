@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import re
 import signal
 from collections import Counter
 
@@ -117,7 +118,7 @@ def mutate_text(rng: random.Random, text: str) -> str:
     """A mutation of the YAML text itself: what a tree cannot hold (duplicate keys, aliases, broken syntax)."""
     lines = text.splitlines()
     i = rng.randrange(len(lines))
-    op = rng.choice(["dup_line", "drop_line", "cut", "alias", "indent", "junk"])
+    op = rng.choice(["dup_line", "drop_line", "cut", "alias", "indent", "junk", "long_number"])
     if op == "dup_line":
         lines.insert(i, lines[i])
     elif op == "drop_line":
@@ -127,6 +128,8 @@ def mutate_text(rng: random.Random, text: str) -> str:
     elif op == "alias":
         lines.insert(0, "x-anchor: &a {depth: 1}")
         lines[i] = lines[i].replace("1", "*a", 1)
+    elif op == "long_number":  # beyond what Python converts to text (4300 digits), in decimal or hex
+        lines[i] = re.sub(r"\b\d+\b", rng.choice(["1" + "0" * 5000, "0x1" + "0" * 5000, "9" * 120]), lines[i], count=1)
     elif op == "indent":
         lines[i] = " " * rng.choice([1, 2, 3, 8]) + lines[i]
     else:

@@ -166,6 +166,13 @@ def test_the_largest_spec_within_the_limits_validates():
     assert sum(len(s.blocks) for s in spec.model.stages) == MAX_STAGES * 64
 
 
+@pytest.mark.parametrize("number", ["1" + "0" * 5000, "0x1" + "0" * 5000, "-" + "9" * 101])
+def test_integers_too_long_to_print_are_refused(number):
+    """Python refuses to turn an int of more than 4300 digits into text: the loader stops them first."""
+    e = refused(stage(f"{{depth: {number}}}"))
+    assert "digits" in e.message and "at most 100" in e.message
+
+
 def test_unsafe_yaml_tags_stay_refused():
     e = refused(GOOD + "x: !!python/object/apply:os.system ['echo hi']\n")
     assert "YAML" in e.message
