@@ -32,8 +32,21 @@ def resolve_run(run: str | Path) -> tuple[Path, Path | None]:
         return run / "best.yaml", None
     pareto = sorted((run / "pareto").glob("*.yaml")) if (run / "pareto").is_dir() else []
     if pareto:
-        return pareto[0], None
+        return min(pareto, key=lambda p: _first_objective_rank(run, p)), None
     raise SpecError("run", f"{str(run)!r} has no best.yaml, pareto/ or final/ yet (is the search finished?)")
+
+
+def _first_objective_rank(run: Path, arch: Path) -> float:
+    """Sort key of a Pareto member (``pareto/trial_N.yaml``): its first objective, best first."""
+    import json
+
+    try:
+        objective = (json.loads((run / "run.json").read_text()).get("objectives") or ["val_accuracy"])[0]
+        number = arch.stem.rsplit("_", 1)[-1]
+        value = json.loads((run / "trials" / number / "metrics.json").read_text())["values"][objective]
+        return -value if objective == "val_accuracy" else value
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return float("inf")
 
 
 def load_any(source: Any):

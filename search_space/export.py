@@ -17,6 +17,7 @@ import argparse
 import builtins
 import dis
 import inspect
+import logging
 import sys
 import textwrap
 import types
@@ -108,6 +109,7 @@ def export_onnx(model, x, out: Path, rtol: float = 1e-3, atol: float = 1e-4) -> 
     import onnxruntime as ort
     import torch
 
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" and such chatter
     batch = torch.export.Dim("batch", min=1)
     with torch.no_grad():
         program = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["logits"],
@@ -378,8 +380,9 @@ def export(source: str, fmt: str, out: str | Path, weights: str | None = None) -
 def cmd_export(args) -> int:
     import warnings
 
-    if args.weights is None and not Path(args.source).is_dir():
-        print("note: no --weights: exporting the untrained initialisation", file=sys.stderr)
+    if args.format != "yaml" and resolve_source(args.source, args.weights)[1] is None:
+        print("note: no weights (--weights W, or a run's final/weights.pt from --final-epochs): exporting the "
+              "untrained initialisation", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and exporter chatter; the result is checked instead
         written = export(args.source, args.format, args.output, args.weights)

@@ -91,3 +91,20 @@ def test_space_with_sample_seed():
     a = create_model(ROOT / "spaces" / "resnest.yaml", sample_seed=3, num_classes=10, in_channels=1)
     b = create_model(ROOT / "spaces" / "resnest.yaml", sample_seed=3, num_classes=10, in_channels=1)
     assert [k for k in a.state_dict()] == [k for k in b.state_dict()]
+
+
+def test_pareto_run_gives_the_member_best_on_the_first_objective(tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    (run / "pareto").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"name": "x", "objectives": ["val_accuracy", "params"]}))
+    small = load_spec(SMALL)
+    for n, acc, width in ((3, 0.6, 16), (7, 0.9, 8)):
+        spec = load_spec(SMALL)
+        spec.model.stem.width = width
+        (run / "pareto" / f"trial_{n}.yaml").write_text(dump_spec(spec))
+        (run / "trials" / str(n)).mkdir(parents=True)
+        (run / "trials" / str(n) / "metrics.json").write_text(json.dumps({"values": {"val_accuracy": acc,
+                                                                                     "params": 1}}))
+    assert create_model(run=run).stem[0][0].out_channels == 8 != small.model.stem.width
