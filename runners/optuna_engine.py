@@ -35,6 +35,7 @@ from search_space.spec import Spec, load_spec
 from .progress import Progress
 from .results import (Counts, TrialRecord, counts, final_training, status_head, summary_line, trial_line,
                       write_results)
+from . import signals
 from .signals import Interrupted, StopSignals, die_with_parent, stop_error
 from .storage import (RunLock, check_study_known, check_study_present, check_workers, claim, is_sqlite, masked,
                       open_storage, recover_lost_trials, retry_trial, sqlite_path, storage_url, without_password,
@@ -308,6 +309,7 @@ class OptunaHooks(TrialHooks):
         return should_stop(point(accuracy, self.trial.user_attrs), others, eta=MO_REDUCTION_FACTOR)
 
     def status(self, text):
+        signals.check()  # a signal whose exception Python dropped still stops the trial
         self.run.show_status(text)
 
     def params(self):
@@ -456,6 +458,7 @@ class SearchRun:
         deadline = time.monotonic() + search.timeout if search.timeout is not None else None
         reconcile_files(self.study, self.out)
         while True:
+            signals.check()
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 raise Interrupted(15)  # the parent is gone (where PR_SET_PDEATHSIG does not exist)
             self.recover()
@@ -493,7 +496,8 @@ class SearchRun:
                 if outcome.status != "interrupted":
                     write_json(pending_path(self.out, trial.number), outcome.info)
         except KeyboardInterrupt as e:
-            self._stop(trial, "interrupted", f"interrupted ({e or 'Ctrl-C'}) while preparing the trial")
+            signals.acknowledge()
+            self._stop(trial, "interrupted", f"interrupted by {e if str(e).startswith('SIG') else 'the user'}")
             raise
         except SpecError as e:  # bad input only a trial could find (the data of a sampled recipe)
             trial.set_user_attr("counted", False)
@@ -511,6 +515,7 @@ class SearchRun:
             self._stop(trial, "error", f"{type(e).__name__}: {first_line(e)}", retry=False)
             raise
         if outcome.status == "interrupted":
+            signals.acknowledge()
             self._stop(trial, "interrupted", outcome.reason)
             raise stop_error(outcome.reason)
         values = outcome.values if outcome.state == "complete" else None

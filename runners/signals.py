@@ -1,7 +1,8 @@
 """Stopping a search cleanly: SIGINT, SIGTERM and SIGHUP all interrupt the running trial the way Ctrl-C does (its
 training stops, it is recorded as interrupted with its reason and enqueued again), the command says so and exits
 128 + the signal number. A second signal while the first is being handled is ignored, so a double Ctrl-C cannot
-cut the recording of the trial short. Worker processes also stop when their parent dies (``PR_SET_PDEATHSIG``).
+cut the recording of the trial short. Python drops an exception raised where it cannot propagate (a weakref
+callback, a ``__del__``), so the engine also calls :func:`check` between training steps and trials. Worker processes also stop when their parent dies (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Optional
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _received: Optional[int] = None  # the signal that is stopping this process, once one came
+_acknowledged = False  # the engine has taken the stop in hand (the exception reached it)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -44,9 +46,12 @@ class StopSignals:
             return
         global _received
         self.signum = _received = signum
-        raise Interrupted(signum)
+        if not _in_callback(frame):
+            raise Interrupted(signum)
 
     def __enter__(self) -> "StopSignals":
+        global _received, _acknowledged
+        _received, _acknowledged = None, False
         if threading.current_thread() is threading.main_thread():
             for s in HANDLED:
                 self._old[s] = signal.signal(s, self._handle)
@@ -61,9 +66,30 @@ class StopSignals:
         return 128 + self.signum if self.signum is not None else default
 
 
+def _in_callback(frame) -> bool:
+    """Inside a weakref callback or ``__del__``, where Python would print and drop the exception."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__" or frame.f_code.co_filename.endswith("weakref.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def stop_error(reason: str = "") -> KeyboardInterrupt:
     """The exception that carries a stop on, after the training it interrupted has returned."""
     return Interrupted(_received) if _received is not None else KeyboardInterrupt(reason)
+
+
+def check() -> None:
+    """Raise the stop again if a signal came but its exception was lost on the way (see the module docstring)."""
+    if _received is not None and not _acknowledged:
+        raise Interrupted(_received)
+
+
+def acknowledge() -> None:
+    """The engine is handling the stop: :func:`check` stays quiet while it records the trial."""
+    global _acknowledged
+    _acknowledged = True
 
 
 def die_with_parent(parent_pid: int) -> None:
