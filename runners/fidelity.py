@@ -130,6 +130,8 @@ class Audit:
                            f"{len(runs) - len(todo)} of {len(runs)} runs already done in {self.out}")
         spent_epochs, spent_s = 0, 0.0
         for done_now, r in enumerate(todo):
+            if self.load(r) is not None:
+                continue  # another process sharing this run directory trained it meanwhile
             left = sum(t.epochs for t in todo[done_now:])
             eta = f", ETA {duration(left * spent_s / spent_epochs)}" if spent_epochs else ""
             head = f"[{len(runs) - len(todo) + done_now + 1}/{len(runs)}] model {r.model} {r.kind} " \
