@@ -68,7 +68,8 @@ class SearchConfig:
     pruner: Literal["hyperband", "median", "successive_halving", "none"] = field(
         "hyperband", doc="stops weak trials early on their per-epoch validation accuracy; with several objectives "
         "(val_accuracy among them) any but none is successive halving by non-dominated rank")
-    pruner_min_epochs: int = field(1, min=1, max=100_000, doc="epochs every trial trains before it may be pruned")
+    pruner_min_epochs: int = field(1, min=1, max=100_000, doc="epochs every trial trains before it may be pruned "
+                                   "(at least ceil(train.warmup_epochs) + 1: accuracy during warmup ranks nothing)")
     pruner_startup_trials: int = field(4, min=0, max=1_000_000, doc="median: trials that finish before pruning begins")
     objectives: list[Literal["val_accuracy", "params", "macs", "latency"]] = field(
         default_factory=lambda: ["val_accuracy"], doc="maximise val_accuracy, minimise the others (latency: ms per "
