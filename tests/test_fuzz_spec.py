@@ -8,7 +8,9 @@ either infeasible (an ``InfeasibleSample``, also one line) or architectures that
 build (on the ``meta`` device, so nothing is allocated) with exactly the parameters, MACs and output shape the
 cost model predicts. Any other exception, or a case running past its time limit, fails with the YAML to replay.
 
-The default suite runs ``FUZZ_CASES`` cases (seeded, so a failure reproduces); ``-m slow`` runs many more.
+The default suite runs ``FUZZ_CASES`` cases (seeded, so a failure reproduces); ``-m slow`` runs many more. A
+systematic sweep sets every field of every section (block fields under each type that reads them) to the same odd
+values: a third of the pairs in the default suite, all of them under ``-m slow``.
 """
 
 from __future__ import annotations
@@ -233,3 +235,82 @@ def test_fuzz_shipped_specs_long():
 def test_mutations_are_deterministic():
     assert make_case(12345) == make_case(12345)
     assert len({make_case(s)[1] for s in range(20)}) == 20
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Systematic: every field of every section, set to every odd value
+# ----------------------------------------------------------------------------------------------------------------
+
+BASE = {
+    "name": "t",
+    "model": {"input_size": 16, "stem": {"type": "cifar", "width": 16},
+              "stages": [{"depth": 2, "width": 64, "stride": 1, "block": {"type": "plain"}}]},
+    "train": {"epochs": 1},
+    "search": {"trials": 2},
+}
+
+
+def field_paths():
+    """(path, block type to use) for every field a spec can set; block fields get a type that reads them."""
+    import dataclasses
+
+    from search_space.blocks import block_type_names, get_block_type
+    from search_space.config import SearchConfig, TrainConfig
+    from search_space.spec import BlockSpec, HeadSpec, ModelSpec, Spec, StageSpec, StemSpec, WidthSpec
+
+    out = []
+    for prefix, cls in [((), Spec), (("model",), ModelSpec), (("model", "stem"), StemSpec),
+                        (("model", "widths"), WidthSpec), (("model", "head"), HeadSpec),
+                        (("model", "stages", 0), StageSpec), (("train",), TrainConfig), (("search",), SearchConfig)]:
+        out += [(prefix + (f.name,), None) for f in dataclasses.fields(cls)]
+    for f in dataclasses.fields(BlockSpec):
+        users = [n for n in block_type_names() if f.name in get_block_type(n).uses] or ["plain"]
+        out += [(("model", "stages", 0, "block", f.name), t) for t in users]
+    return out
+
+
+def run_field_case(path, block_type, value) -> str:
+    tree = copy.deepcopy(BASE)
+    if block_type:
+        tree["model"]["stages"][0]["block"]["type"] = block_type
+    node = tree
+    for key in path[:-1]:
+        node = node.setdefault(key, {}) if isinstance(node, dict) else node[key]
+    node[path[-1]] = copy.deepcopy(value)
+    text = yaml.safe_dump(tree, sort_keys=False, width=10**6)
+    try:
+        try:
+            spec = load_spec(text)
+        except SpecError as e:
+            check_error(e)
+            return "error"
+        try:
+            arch = sample(spec, RandomSuggester(0))
+        except InfeasibleSample as e:
+            check_error(e)
+            return "infeasible"
+        return check_architecture(arch, BUILD_LIMIT)
+    except Exception as e:  # noqa: BLE001
+        raise AssertionError(f"{'.'.join(map(str, path))} = {str(value)[:80]!r} (block type {block_type}) raised "
+                             f"{type(e).__name__}: {str(e)[:300]}") from e
+
+
+def sweep(share: int) -> Counter:
+    """Field i gets the odd values j with (i + j) % share == 0: every value on every field when share is 1."""
+    tally = Counter()
+    for i, (path, block_type) in enumerate(field_paths()):
+        for j, value in enumerate(ODD_VALUES):
+            if (i + j) % share == 0:
+                tally[run_field_case(path, block_type, value)] += 1
+    return tally
+
+
+def test_every_field_with_odd_values():
+    tally = sweep(3)
+    assert tally["error"] > 0 and tally["built"] > 0, tally
+
+
+@pytest.mark.slow
+def test_every_field_with_every_odd_value():
+    tally = sweep(1)
+    assert sum(tally.values()) == len(field_paths()) * len(ODD_VALUES)
