@@ -277,6 +277,8 @@ def check_value(value: Any, tp, path: str, meta: dict | None = None) -> Any:
             raise SpecError(path, f"{_fmt(value)} is not a string")
         if len(value) > MAX_STRING:
             raise SpecError(path, f"{_fmt(value)} has {len(value):,} characters; allowed: at most {MAX_STRING:,}")
+        if "\x00" in value:  # no path, URL or name holds one, and os functions raise ValueError on it
+            raise SpecError(path, f"{_fmt(value)} contains a NUL character")
         if meta.get("pattern") and not re.fullmatch(meta["pattern"], value):
             raise SpecError(path, f"{_fmt(value)} is not allowed; it must match {meta['pattern']}")
         return value

@@ -192,7 +192,7 @@ def test_unsafe_yaml_tags_stay_refused():
     (stage("{depth: 1, width: 64, block: {type: split_attention, radix: 1000}}"), "model.stages.0.block.radix",
      "too large"),
     (GOOD + "train: {lr: 1.0e400}\n", "train.lr", "not a finite number"),
-    (GOOD + f"train: {{lr: {10**400}}}\n", "train.lr", "not a finite number"),
+    (GOOD + f"train: {{lr: {10**400}}}\n", "", "an integer of 401 digits"),
     (GOOD + "train: {lr: .nan}\n", "train.lr", "not a finite number"),
     (GOOD + "train: {lr: -.inf}\n", "train.lr", "not a finite number"),
     (GOOD + "train: {batch_size: 100000000}\n", "train.batch_size", "too large"),
@@ -212,10 +212,19 @@ def test_unsafe_yaml_tags_stay_refused():
     (GOOD + "train: {lr: {float: [0.1, 0.5], step: .nan}}\n", "train.lr.step", "finite"),
     (GOOD + "train: {lr: {float: [0.1, 0.5], step: .inf}}\n", "train.lr.step", "finite"),
     (GOOD.replace("name: t", "name: {choice: [a, b]}"), "name", "choice is not allowed"),
+    (GOOD + 'train: {dataset: cifar10, data_dir: "data\\0x"}\n', "train.data_dir", "NUL"),
+    (GOOD + "train: {data_dir: " + "d" * 5000 + "}\n", "train.data_dir", "at most 4,096"),
 ], ids=lambda v: v if isinstance(v, str) and len(v) < 40 else None)
 def test_bad_numbers(text, path, needle):
     e = refused(text)
     assert e.path == path and needle in e.message, str(e)
+
+
+def test_integers_beyond_floats_are_not_finite():
+    spec = {"name": "t", "model": yaml.safe_load(MODEL)["model"], "train": {"lr": 10**400}}
+    with pytest.raises(SpecError) as info:
+        parse_spec(spec)
+    assert info.value.path == "train.lr" and "not a finite number" in info.value.message
 
 
 def test_every_number_field_is_bounded_and_documented():
