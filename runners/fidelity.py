@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -271,8 +270,8 @@ def plot(report: dict, path: Path) -> None:
 
     rows = report["models"]
     truth = report["truth"]
-    panels = [(k, [r[{"proxy": "proxy", "params": "params", "macs": "macs"}.get(k, "truncated")] for r in rows])
-              for k in report["predictors"] if k != "macs"]
+    column = {"proxy": "proxy", "params": "params"}  # any other predictor is the truncated long run
+    panels = [(k, [r[column.get(k, "truncated")] for r in rows]) for k in report["predictors"] if k != "macs"]
     if "noise_ceiling" in report:
         panels.append(("noise_ceiling", [r["long"][1] for r in rows]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)

@@ -1,6 +1,7 @@
 """A tiny real audit (3 architectures, 1-epoch proxy, synthetic data) that is interrupted and resumes."""
 
 import dataclasses
+import io
 import json
 
 import pytest
@@ -50,7 +51,7 @@ def test_audit_resumes_after_interruption(tmp_path, monkeypatch, single_thread):
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(runners.train, "train", interrupted_after_four)
-    quiet = Progress(tty=False, stream=open(tmp_path / "log.txt", "w"))
+    quiet = Progress(tty=False, stream=io.StringIO())
     with pytest.raises(KeyboardInterrupt):
         Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=2, progress=quiet).run()
     done = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("models/*/*.json"))
