@@ -24,6 +24,7 @@ from typing import Optional
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -300,7 +301,7 @@ def recover_lost_trials(study: optuna.Study, exclusive: bool = False, own: Optio
     own = own or worker_identity()
     storage = study._storage
     stale: set[int] = set()
-    if isinstance(storage, RDBStorage) and storage.heartbeat_interval:
+    if is_heartbeat_enabled(storage):  # the study's storage wraps the RDBStorage in a cache
         stale = set(storage._get_stale_trial_ids(study._study_id))
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
