@@ -210,8 +210,8 @@ def importances(study, objectives: list[str], min_trials: int = 5):
         return None, f"skipped: Optuna could not compute importances ({e})"
     if not imp:
         return None, "skipped: no parameter is present in every complete trial"
-    return imp, (f"fANOVA importances of {objectives[0]} over {len(done)} complete trials, for the parameters "
-                 f"present in every trial (conditional ones such as radix are in the design-space view below)")
+    return imp, (f"Optuna's fANOVA importances of {objectives[0]} over {len(done)} complete trials; parameters "
+                 f"asked only in some trials (a block's radix, say) are better read in the design-space view below")
 
 
 # ----------------------------------------------------------------------------------------------------------------
