@@ -17,24 +17,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from search_space.config import SearchConfig
-from search_space.cost import architecture_cost
-from search_space.sampling import FixedSuggester, InfeasibleSample, OutsideSpace, params_for, resolve_dataclass, sample
+from search_space.sampling import FixedSuggester, OutsideSpace, params_for, resolve_dataclass, sample
 from search_space.schema import SpecError
 from search_space.spec import Spec, load_spec
 
-from .progress import Progress, duration
-from .results import (TrialRecord, counts, final_training, records_from_files, status_head, summary_line,
-                      trial_line, write_results)
+from .progress import Progress
+from .results import counts, final_training, records_from_files, status_head, trial_line, write_results
 from .trial import DataCache, Evaluator, TrialHooks, direction, write_json, write_trial
 
 EXPERIMENT = "ray"  # the experiment's folder under storage_path
@@ -64,8 +60,8 @@ class DefineByRun:
                 resolve_dataclass(self.spec.train, "train.", ot_trial)
             else:
                 sample(self.spec, ot_trial)
-        except InfeasibleSample:
-            pass  # the worker reaches the same point and records the reason
+        except Exception:  # noqa: BLE001 - InfeasibleSample or a sampling error: the worker records the reason
+            pass
         return {f"{META}trial": ot_trial.number, f"{META}warm": warm or "", f"{META}in_space": bool(in_space)}
 
 
@@ -352,6 +348,10 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
     if max_concurrent is not None and max_concurrent < 1:
         raise SpecError("--max-concurrent", f"{max_concurrent} must be at least 1")
     warm = _warm_starts(spec)
+    if not address:  # the data and recipe every trial shares, checked once before any trial (exit 2 on bad input);
+        from .trial import preflight  # on a cluster, data_dir is a path on the worker nodes, not here
+
+        preflight(spec, resolve_device(spec.train.device), DataCache())
     connect(address, None)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1 and not storage_path:
