@@ -444,7 +444,8 @@ def block_diagram(arch, in_channels: Optional[int] = None) -> str:
     cost = architecture_cost(arch, in_channels=in_channels)
     stem_w, widths, head_w = model_widths(arch)
     ci, h, _ = cost.input_shape
-    lines = [f"input      {ci}x{h}x{h}", f"stem       {arch.stem.type}, {stem_w} channels"]
+    lines = [f"input      {h}x{h}" + (f", {ci} channels" if arch.in_channels else ""),
+             f"stem       {arch.stem.type}, {stem_w} channels"]
     for i, (stage, row) in enumerate(zip(arch.stages, cost.rows[1:] if len(cost.rows) > len(arch.stages)
                                          else cost.rows)):
         lines.append(f"stage {i}    stride {stage.stride}, {fmt_count(row.params)} params, out "
@@ -452,7 +453,7 @@ def block_diagram(arch, in_channels: Optional[int] = None) -> str:
         for j, block in enumerate(stage_blocks(stage)):
             keys = {k: v for k, v in block_to_yaml(block).items() if k != "type"}
             detail = " ".join(f"{k}={v}" for k, v in keys.items())
-            lines.append(f"  {i}.{j}      {block.type:<16} -> {widths[i][j]:<5} {detail}")
+            lines.append(f"  {i}.{j}      {block.type:<16} -> {widths[i][j]:<5} {detail}".rstrip())
     head = f"{arch.head.pool} pool"
     if head_w:
         head = f"1x1 conv {head_w}, " + head

@@ -153,9 +153,15 @@ def test_report_without_an_optuna_study(run_dir, tmp_path):
     info = json.loads((copy / "run.json").read_text())
     info.update(backend="ray", storage=None)
     (copy / "run.json").write_text(json.dumps(info))
+    # and a trial that failed before it had an architecture (an infeasible sample) is listed, not plotted
+    (copy / "trials" / "99").mkdir()
+    (copy / "trials" / "99" / "metrics.json").write_text(json.dumps(
+        {"trial": 99, "state": "failed", "status": "infeasible", "reason": "stages.0.width: too narrow",
+         "optuna_params": {}, "values": {}}))
     result = write_report(copy, n_boot=50)
     page = result["html"].read_text()
     assert "rebuilt from trials/*/metrics.json" in page and (copy / "importances.png").exists()
+    assert "1 failed" in page and "stages.0.width: too narrow" in page
 
 
 def test_report_cli_and_bad_run(run_dir, tmp_path, capsys):
