@@ -74,17 +74,15 @@ def choice_schema(value: dict, tp) -> dict:
 
 
 def section_schema(cls, allow_choices: bool, overrides: dict | None = None) -> dict:
-    """An object schema for one spec section; with ``allow_choices`` every leaf may also be a choice."""
+    """An object schema for one spec section; with ``allow_choices`` every leaf may also be a choice.
+    ``overrides`` replaces the value schema of a field (block ``type``: the registered block types)."""
     overrides = overrides or {}
     props = {}
     for f in dataclasses.fields(cls):
         tp = hints(cls)[f.name]
         meta = dict(f.metadata)
         schema = overrides.get(f.name) or value_schema(tp, meta)
-        leaf = not dataclasses.is_dataclass(tp) and f.name not in overrides
-        if allow_choices and leaf and typing.get_origin(tp) is not list:
-            schema = {"anyOf": [schema, choice_schema(schema, tp)]}
-        elif allow_choices and f.name in overrides.get("_choice_ok", ()):
+        if allow_choices and not dataclasses.is_dataclass(tp) and typing.get_origin(tp) is not list:
             schema = {"anyOf": [schema, choice_schema(schema, tp)]}
         schema = {"description": meta.get("doc", ""), **schema}
         default = default_of(f)
@@ -100,7 +98,7 @@ def spec_json_schema() -> dict:
 
     defs = {}
     block_type = {"enum": block_type_names()}
-    defs["BlockSpec"] = section_schema(BlockSpec, True, {"type": block_type, "_choice_ok": ("type",)})
+    defs["BlockSpec"] = section_schema(BlockSpec, True, {"type": block_type})
     for cls in (ModelSpec, StageSpec):
         defs[cls.__name__] = section_schema(cls, True)
     for f in dataclasses.fields(ModelSpec):  # stem, widths, head, ...
