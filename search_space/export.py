@@ -273,7 +273,7 @@ class SourceWriter:
         self.add_class(type(m))
         settings = {k: v for k, v in vars(m).items()
                     if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str, tuple,
-                                                                                    type(None)))}
+                                                                                    list, type(None)))}
         args = [f"{inner}{k}={v!r}," for k, v in settings.items()]
         args += [f"{inner}{name}={child(name, sub)}," for name, sub in children]
         return f"{type(m).__name__}(\n" + "\n".join(args) + f"\n{pad})"
@@ -354,15 +354,22 @@ def export_python(model, spec, x, out: Path, has_weights: bool) -> list[Path]:
 
 def export(source: str, fmt: str, out: str | Path, weights: str | None = None) -> list[Path]:
     """Export ``source`` (a run directory or an architecture file) as ``fmt`` to ``out``; returns the files."""
-    from .spec import dump_spec
-
     if fmt not in FORMATS:
         raise SpecError("--format", f"{fmt!r} is not allowed; expected one of {', '.join(FORMATS)}")
     spec, weights = resolve_source(source, weights)
     out = Path(out)
     if out.is_dir():
         raise SpecError("-o", f"{str(out)!r} is a directory; give a file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return _write(spec, weights, fmt, out)
+    except OSError as e:  # an unwritable or full destination is bad input, not a crash
+        raise SpecError("-o", f"cannot write {str(out)!r}: {e.strerror or e}") from None
+
+
+def _write(spec, weights, fmt: str, out: Path) -> list[Path]:
+    from .spec import dump_spec
+
     if fmt == "yaml":
         out.write_text(dump_spec(spec), encoding="utf-8")
         return [out]

@@ -173,6 +173,7 @@ def test_yaml_export_and_run_default(tmp_path, capsys):
     (["export", "spaces/zoo/resnet18_small.yaml", "--format", "onnx", "-o", "x", "--weights", "missing.pt"],
      "--weights"),
     (["export", "spaces/zoo/resnet18_small.yaml", "--format", "tflite", "-o", "x"], "invalid choice"),
+    (["export", "spaces/zoo/resnet18_small.yaml", "--format", "yaml", "-o", "/proc/none/a.yaml"], "cannot write"),
 ])
 def test_bad_export_input_exits_2_with_one_line(argv, says, tmp_path, monkeypatch, capsys):
     from tests.conftest import ROOT
