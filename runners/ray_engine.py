@@ -62,7 +62,11 @@ class DefineByRun:
                 sample(self.spec, ot_trial)
         except Exception:  # noqa: BLE001 - InfeasibleSample or a sampling error: the worker records the reason
             pass
-        return {f"{META}trial": ot_trial.number, f"{META}warm": warm or "", f"{META}in_space": bool(in_space)}
+        from optuna.distributions import distribution_to_json
+
+        distributions = {k: distribution_to_json(d) for k, d in ot_trial.distributions.items()}
+        return {f"{META}trial": ot_trial.number, f"{META}warm": warm or "", f"{META}in_space": bool(in_space),
+                f"{META}distributions": json.dumps(distributions)}
 
 
 def make_searcher(spec: Spec, objectives: list[str], seed: int):
@@ -217,7 +221,8 @@ def trainable(config: dict, spec: Spec, threads: int, finished: Optional[dict] =
         hooks.attrs["warm_start"] = config[f"{META}warm"]
     outcome = evaluator.evaluate(number, FixedSuggester(params), hooks, warm=config.get(f"{META}warm") or None,
                                  in_space=config.get(f"{META}in_space", True))
-    info = {**outcome.info, "node": _WORKER["node"]}
+    info = {**outcome.info, "node": _WORKER["node"],
+            "distributions": json.loads(config.get(f"{META}distributions") or "{}")}
     final = {"trial": number, "state": outcome.state, "status": outcome.status, "reason": outcome.reason,
              "attrs": json.dumps(info), "arch_yaml": hooks.arch_yaml or "", "constraints": hooks.constraints}
     if info.get("val_accuracy") is not None:
@@ -268,6 +273,7 @@ def make_callback(out: Path, spec: Spec, progress: Progress, scheduler_name: str
             attrs.setdefault("trial", number)
             attrs.setdefault("optuna_params", {k: v for k, v in trial.config.items() if not k.startswith(META)})
             attrs["ray_trial_id"] = trial.trial_id
+            attrs.setdefault("distributions", json.loads(trial.config.get(f"{META}distributions") or "{}"))
             if "state" in last:  # the trial reported its own outcome
                 pass
             elif error:

@@ -80,6 +80,7 @@ def test_local_ray_search_writes_the_same_results_and_records_a_failing_trial(tm
     assert complete, files
     for n, m in complete.items():
         assert m["epochs"] == 1 and m["values"]["val_accuracy"] == m["val_accuracy"]
+        assert set(m["optuna_params"]) <= set(m["distributions"]) and m["node"]  # what `search report` reads
         assert load_spec(out / "trials" / str(n) / "arch.yaml").is_fixed()
     best_number = max(complete, key=lambda n: (complete[n]["val_accuracy"], -complete[n]["params"], -n))
     best = load_spec(out / "best.yaml")
