@@ -145,7 +145,6 @@ def sample(spec: Spec, suggest: Suggest, check: bool = True) -> Spec:
                               train=resolve_dataclass(spec.train, "train.", suggest))
     if check:
         from .cost import architecture_cost
-
         from .spec import check_limits
 
         try:

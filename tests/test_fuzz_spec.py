@@ -202,7 +202,7 @@ def run_case(seed: int, build_limit: float = BUILD_LIMIT) -> list[str]:
                 continue
             outcomes.append(check_architecture(arch, build_limit))
         return outcomes
-    except Exception as e:  # noqa: BLE001 - anything but a SpecError is the bug this test looks for
+    except Exception as e:  # anything but a SpecError is the bug this test looks for
         raise AssertionError(f"case {seed} from {name} raised {type(e).__name__}: {str(e)[:300]}\n"
                              f"--- the YAML that replays it ---\n{text[:5000]}") from e
     finally:
@@ -290,7 +290,7 @@ def run_field_case(path, block_type, value) -> str:
             check_error(e)
             return "infeasible"
         return check_architecture(arch, BUILD_LIMIT)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # anything but a SpecError is a bug
         raise AssertionError(f"{'.'.join(map(str, path))} = {str(value)[:80]!r} (block type {block_type}) raised "
                              f"{type(e).__name__}: {str(e)[:300]}") from e
 
