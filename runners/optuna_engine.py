@@ -33,8 +33,7 @@ from search_space.schema import SpecError, is_choice
 from search_space.spec import Spec, load_spec
 
 from .progress import Progress
-from .results import (Counts, TrialRecord, counts, final_training, status_head, summary_line, trial_line,
-                      write_results)
+from .results import Counts, TrialRecord, counts, final_training, status_head, trial_line, write_results
 from . import signals
 from .signals import Interrupted, StopSignals, die_with_parent, stop_error
 from .storage import (RunLock, check_study_known, check_study_present, check_workers, claim, is_sqlite, masked,

@@ -2,7 +2,8 @@
 training stops, it is recorded as interrupted with its reason and enqueued again), the command says so and exits
 128 + the signal number. A second signal while the first is being handled is ignored, so a double Ctrl-C cannot
 cut the recording of the trial short. Python drops an exception raised where it cannot propagate (a weakref
-callback, a ``__del__``), so the engine also calls :func:`check` between training steps and trials. Worker processes also stop when their parent dies (``PR_SET_PDEATHSIG``).
+callback, a ``__del__``), so the engine also calls :func:`check` between training steps and trials. Worker
+processes also stop when their parent dies (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations

@@ -237,7 +237,8 @@ def test_any_error_while_sampling_is_recorded_and_the_search_goes_on(tmp_path, m
     summary, log = run(path, out)
     first, second = load(out).trials
     assert first.state == TrialState.FAIL and first.user_attrs["status"] == "error"
-    assert first.user_attrs["reason"] == "sampling failed: TypeError: 'float' object cannot be interpreted as an integer"
+    assert first.user_attrs["reason"] == ("sampling failed: TypeError: 'float' object cannot be interpreted as an "
+                                          "integer")
     assert second.state == TrialState.COMPLETE and metrics(out, 0)["reason"] == first.user_attrs["reason"]
 
 
