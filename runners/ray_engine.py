@@ -123,13 +123,13 @@ def make_scheduler(search: SearchConfig, epochs: int, objectives: list[str]):
         return FIFOScheduler(), "fifo"
     first = max(1, min(search.pruner_min_epochs, epochs))
     common = dict(time_attr="training_iteration", metric="val_accuracy", mode="max")
-    # max_t one past the last epoch: a trial's last report (its outcome) comes after its last epoch
+    # a trial reports epochs 1..E-1, then its outcome (with epoch E's accuracy) as report E: max_t is E
     if search.pruner == "median":
         return MedianStoppingRule(grace_period=first, min_samples_required=max(1, search.pruner_startup_trials),
                                   **common), "median stopping"
     if search.pruner == "successive_halving":
-        return ASHAScheduler(max_t=epochs + 1, grace_period=first, reduction_factor=3, **common), "ASHA"
-    return AsyncHyperBandScheduler(max_t=epochs + 1, grace_period=first, reduction_factor=3, brackets=3,
+        return ASHAScheduler(max_t=epochs, grace_period=first, reduction_factor=3, **common), "ASHA"
+    return AsyncHyperBandScheduler(max_t=epochs, grace_period=first, reduction_factor=3, brackets=3,
                                    **common), "async HyperBand"
 
 
@@ -165,6 +165,8 @@ class RayHooks(TrialHooks):
     def report(self, epoch, metrics):
         from ray import tune
 
+        if epoch >= getattr(self, "epochs", epoch + 1):
+            return False  # the last epoch is reported with the outcome: a scheduler must not stop a finished trial
         acc = metrics["val_accuracy"]
         payload = {"val_accuracy": acc, "epoch": epoch, "trial": self.number,
                    "attrs": json.dumps(self.attrs), "arch_yaml": self.arch_yaml or ""}
@@ -280,7 +282,8 @@ def make_callback(out: Path, spec: Spec, progress: Progress, scheduler_name: str
                 attrs.update(state="failed", status="error", reason=error)
             else:  # stopped by the scheduler after an epoch report
                 epoch = last.get("epoch", 0)
-                attrs.update(state="pruned", status="pruned", epochs=epoch,
+                attrs.update(state="pruned", status="pruned", epochs=epoch, val_accuracy=last.get("val_accuracy"),
+                             seconds=round(last.get("time_total_s", 0.0), 3),
                              reason=f"stopped by {scheduler_name} after epoch {epoch} "
                                     f"(val {last.get('val_accuracy', float('nan')):.3f})")
             if attrs.get("state") == "complete" and not attrs.get("values"):
@@ -310,8 +313,8 @@ def connect(address: Optional[str], num_cpus: Optional[int]) -> None:
     try:
         if address:
             ray.init(address=address, **quiet)
-        else:
-            ray.init(num_cpus=num_cpus, **quiet)
+        else:  # "local": always a new Ray of our own, never a cluster that happens to run on this machine
+            ray.init(address="local", num_cpus=num_cpus, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
         hint = (" (the cluster uses token authentication: export RAY_AUTH_MODE=token, with the head's "
                 "~/.ray/auth_token here or in RAY_AUTH_TOKEN)" if "auth" in str(e).lower() else "")

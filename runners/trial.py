@@ -325,6 +325,7 @@ class Evaluator:
         from runners.train import train
 
         epochs = sampled.train.epochs
+        hooks.epochs = epochs  # the engine may treat the last epoch differently (Ray's final report carries it)
 
         def on_step(epoch, step, steps):
             hooks.status(f"trial {number}: epoch {epoch}/{epochs} step {step}/{steps}")

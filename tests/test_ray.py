@@ -220,3 +220,22 @@ def test_a_trial_whose_worker_dies_is_retried(tmp_path):
     files = trial_files(out)
     assert sorted(files) == [0, 1] and all(m["state"] == "complete" for m in files.values()), files
     assert "2/2 trials: 2 complete" in stderr
+
+
+def test_async_hyperband_stops_weak_trials_but_never_a_finished_one(tmp_path):
+    """Pruning maps to Ray's asynchronous HyperBand on the per-epoch validation accuracy: trials that learn
+    nothing (lr 1e-5) are stopped at a rung and recorded as pruned with their epoch and accuracy, while a trial
+    that trained all its epochs always completes."""
+    path = write_space(tmp_path, search__trials=6, search__sampler="random", search__pruner="hyperband",
+                       train__epochs=3, train__lr={"choice": [0.3, 1.0e-5]})
+    out = tmp_path / "run"
+    done = search(path, "--out", out, "--max-concurrent", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = trial_files(out)
+    assert len(files) == 6
+    pruned = [m for m in files.values() if m["state"] == "pruned"]
+    assert pruned, files
+    for m in pruned:
+        assert m["reason"].startswith("stopped by async HyperBand after epoch") and m["epochs"] < 3
+        assert m["val_accuracy"] is not None and m["seconds"] > 0
+    assert all(m["epochs"] == 3 for m in files.values() if m["state"] == "complete")
