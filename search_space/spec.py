@@ -425,21 +425,23 @@ class SpecLoader(yaml.SafeLoader):
         return SpecError(self._where(), f"{message} (line {mark.line + 1}, column {mark.column + 1})")
 
     def compose_node(self, parent, index):
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent):
-            raise self._error(f"YAML aliases (*{short(str(event.anchor))}) are not allowed in a spec; write the "
-                              f"value out (a stage's block: template shares settings between blocks)", event.start_mark)
-        self._nodes += 1
-        if self._nodes > MAX_YAML_NODES:
-            raise self._error(f"more than {MAX_YAML_NODES:,} YAML values; a spec needs far fewer", event.start_mark)
-        if len(self._path) >= MAX_YAML_DEPTH:
-            raise self._error(f"nested more than {MAX_YAML_DEPTH} levels deep; a spec needs about 8", event.start_mark)
         if isinstance(index, int):
             self._path.append(str(index))
         else:
             self._path.append(short(str(index.value)) if isinstance(index, yaml.ScalarNode) else
                               ("?" if index is not None else ""))
         try:
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                raise self._error(f"YAML aliases (*{short(str(event.anchor))}) are not allowed in a spec; write the "
+                                  f"value out (a stage's block: template shares settings between blocks)",
+                                  event.start_mark)
+            self._nodes += 1
+            if self._nodes > MAX_YAML_NODES:
+                raise self._error(f"more than {MAX_YAML_NODES:,} YAML values; a spec needs far fewer", event.start_mark)
+            if len(self._path) > MAX_YAML_DEPTH:
+                raise self._error(f"nested more than {MAX_YAML_DEPTH} levels deep; a spec needs about 8",
+                                  event.start_mark)
             return super().compose_node(parent, index)
         finally:
             self._path.pop()

@@ -75,7 +75,7 @@ BOMB = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
 
 def test_alias_bomb_is_refused_before_it_expands():
     e = refused(BOMB)
-    assert "aliases" in e.message and e.path == "b"
+    assert "aliases" in e.message and e.path == "b.0"
 
 
 @pytest.mark.parametrize("text", [
@@ -145,7 +145,7 @@ def test_deep_nesting_is_refused_without_recursion_error(text):
 
 def test_too_many_nodes():
     e = refused(HEAD + "x: [" + ", ".join(["1"] * (MAX_YAML_NODES + 10)) + "]\n")
-    assert f"{MAX_YAML_NODES:,}" in e.message and e.path == "x"
+    assert f"{MAX_YAML_NODES:,}" in e.message and e.path.startswith("x.")
 
 
 def test_thousands_of_stages_are_refused_by_count():

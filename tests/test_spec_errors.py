@@ -151,6 +151,19 @@ CASES = [
      "model.stages.0.depth", ["3 disagrees", "2 blocks"]),
     ("depth_choice_vs_blocks", with_stage("{depth: {int: [1, 3]}, blocks: [{type: plain}]}"),
      "model.stages.0.depth", ["disagrees", "1 blocks"]),
+    # -- hostile input (issue 10; tests/test_hostile_input.py has the rest) --------------------------------------
+    ("duplicate_key", GOOD + "model: {stages: [{depth: 1}]}\n", "model", ["duplicate key", "line 2", "line 7"]),
+    ("alias", GOOD + "train: &t {epochs: 2}\nsearch: *t\n", "search", ["aliases", "*t"]),
+    ("stride_float", with_stage("{depth: 1, stride: 2.0}"), "model.stages.0.stride", ["2.0", "write 2"]),
+    ("float_range_on_int", with_stage("{depth: {float: [1, 2]}}"), "model.stages.0.depth.float",
+     ["a float range", "integer"]),
+    ("step_nan", with_train("{lr: {float: [0.1, 0.2], step: .nan}}"), "train.lr.step", ["nan", "finite"]),
+    ("name_path", GOOD.replace("name: t", "name: ../../x"), "name", ["'../../x'", "must match"]),
+    ("typo_required", "name: x\nmodel: {stagse: [{depth: 1}]}\n", "model.stagse", ["did you mean 'stages'"]),
+    ("template_key_in_blocks", with_stage("{width: 64, block: {radix: 2}, blocks: [{type: split_attention}, "
+                                          "{type: se}]}"), "model.stages.0.block.radix", ["'se'", "block 1"]),
+    ("workers_on_sqlite", with_search("{workers: 2}"), "search.workers", ["2 workers", "SQLite"]),
+    ("huge_width", with_stage("{depth: 1, width: 1000000000}"), "model.stages.0.width", ["too large", "<= 8192"]),
 ]
 
 assert len(CASES) >= 30
