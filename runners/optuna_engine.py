@@ -314,6 +314,10 @@ class OptunaHooks(TrialHooks):
     def params(self):
         return self.trial.params
 
+    def engine_error(self, error):
+        return isinstance(error, (optuna.exceptions.StorageInternalError, OSError)) or \
+            type(error).__module__.startswith("sqlalchemy")
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # The run: one process's share of the study
@@ -505,13 +509,17 @@ class SearchRun:
         except OSError as e:
             reason = f"cannot write {e.filename or 'the trial directory'}: {e.strerror or e}"
             if is_disk_full(e):  # writing again will not help: stop with one line; the trial runs again later
-                self._stop(trial, "error", reason)
+                self._leave_for_retry(trial, reason)
                 raise SpecError("--out", f"{reason}; free space (or fix the permissions) and rerun the same "
                                          f"command to resume") from None
             self._stop(trial, "error", reason, retry=False)
             return None
-        except Exception as e:  # a bug: record why on the trial, then let it surface
-            self._stop(trial, "error", f"{type(e).__name__}: {first_line(e)}", retry=False)
+        except Exception as e:  # the storage failing (a full disk: run again later), or a bug: record why, surface
+            full = write_failure(e)
+            if full:
+                self._leave_for_retry(trial, full)
+            else:
+                self._stop(trial, "error", f"{type(e).__name__}: {first_line(e)}", retry=False)
             raise
         if outcome.status == "interrupted":
             signals.acknowledge()
@@ -554,6 +562,17 @@ class SearchRun:
             pass  # the study holds the record; the next run reconciles the file
 
 
+    def _leave_for_retry(self, trial: optuna.Trial, reason: str) -> None:
+        """A trial a full disk stopped: note why if the storage still takes it, and leave the trial RUNNING. The
+        process then ends, and the next run's recovery fails it as lost (keeping the reason) and retries it, all
+        writes a full disk could have cut in half here."""
+        self.current = None
+        try:
+            self.study._storage.set_trial_user_attr(trial._trial_id, "reason", reason)
+        except Exception:  # noqa: BLE001 - the disk is full; recovery says "its process stopped" instead
+            pass
+
+
 def _worker_main(spec: Spec, out: str, index: int, threads: int, parent_pid: int) -> None:
     """A local worker process (``--workers N``): joins the study and shares its trials; stops with its parent."""
     import torch
@@ -594,13 +613,32 @@ def run_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress:
         run = SearchRun(spec, Path(out), progress or Progress(), spec_path=spec_path)
         try:
             return _run(run, threads)
-        except OSError as e:
-            if not is_disk_full(e):
+        except Exception as e:  # noqa: BLE001 - a full disk (files or the study's database) ends with one line
+            why = write_failure(e)
+            if why is None:
                 raise
-            raise SpecError("--out", f"cannot write {e.filename or out}: {e.strerror or e}; free space (or fix the "
-                                     f"permissions) and rerun the same command to resume") from None
+            raise SpecError("--out", f"{why}; free space (or fix the permissions) and rerun the same command to "
+                                     f"resume") from None
         finally:
             run.close()
+
+
+DISK_FULL_WORDS = ("disk is full", "disk i/o error", "readonly database", "read-only file system",
+                   "no space left", "file too large", "quota exceeded")
+
+
+def write_failure(error: BaseException) -> Optional[str]:
+    """What a write that cannot succeed again said (the disk or quota is full, the place is read-only), whether it
+    came as an OSError or wrapped by SQLite, SQLAlchemy and Optuna; None for any other error."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and is_disk_full(seen):
+            return f"cannot write {seen.filename or 'the run directory'}: {seen.strerror or seen}"
+        text = first_line(seen)
+        if any(w in text.lower() for w in DISK_FULL_WORDS):
+            return f"cannot write the study: {text.removeprefix('(sqlite3.OperationalError) ')}"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _run(run: SearchRun, threads: Optional[int]) -> dict:

@@ -265,6 +265,7 @@ def claim(trial_id: int, number: int, storage: BaseStorage, identity: dict) -> N
     storage.set_trial_user_attr(trial_id, "worker", f"{identity['host']}:{identity['pid']}")
     storage.set_trial_user_attr(trial_id, "worker_info", {**identity, "trial": number})
     storage.set_trial_user_attr(trial_id, "status", "running")
+    storage.set_trial_user_attr(trial_id, "reason", "")  # a retry carries its predecessor's until now
 
 
 def _lost_reason(t: FrozenTrial, exclusive: bool, own: dict, current: Optional[int],
@@ -308,6 +309,8 @@ def recover_lost_trials(study: optuna.Study, exclusive: bool = False, own: Optio
         reason = _lost_reason(t, exclusive, own, current, stale)
         if reason is None:
             continue
+        if t.user_attrs.get("reason") and t.user_attrs.get("status") == "running":
+            reason = t.user_attrs["reason"]  # what its process noted before it stopped (a full disk)
         try:
             storage.set_trial_user_attr(t._trial_id, "status", "lost")
             storage.set_trial_user_attr(t._trial_id, "reason", f"{reason}; retried")

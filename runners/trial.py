@@ -73,6 +73,11 @@ class TrialHooks:
         """The choices sampled for this trial, by path."""
         return {}
 
+    def engine_error(self, error: BaseException) -> bool:
+        """True for an error of the engine itself (its storage cannot be written): it ends the evaluation instead
+        of being recorded as the candidate's failure."""
+        return False
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Small pieces used by the core and by the engines
@@ -263,6 +268,8 @@ class Evaluator:
             hooks.constrain("buildable", 1.0)
             return end("pruned", "infeasible", str(e))
         except Exception as e:  # noqa: BLE001 - a sampler or spec bug fails this trial, not the search
+            if hooks.engine_error(e):
+                raise
             return end("failed", "error", f"sampling failed: {type(e).__name__}: {first_line(e)}")
 
         size = sampled.train.image_size or sampled.model.input_size

@@ -271,12 +271,43 @@ def test_a_full_disk_ends_the_search_with_one_line_and_the_rerun_finishes(tmp_pa
     path, out = write_space(tmp_path, search__trials=3, train__epochs=1), tmp_path / "run"
     r = cli("run", path, "--out", out)
     assert r.code == 2 and "No space left on device" in one_error_line(r.err) and "rerun" in r.err, r
-    study = load(out)
-    assert study.trials[1].state == TrialState.FAIL and study.trials[2].state == TrialState.WAITING  # retried
+    assert load(out).trials[1].state == TrialState.RUNNING  # left for the next run to retry, nothing half-written
     monkeypatch.setattr(engine, "write_text", real)
     run(path, out)
     study = load(out)
+    hit = study.trials[1]
+    assert hit.state == TrialState.FAIL and hit.user_attrs["status"] == "lost"
+    assert "No space left on device; retried" in hit.user_attrs["reason"]
     assert trial_counts(study).done == 3 and trial_counts(study).complete == 3
+    check_files_agree(study, out)
+
+
+def test_a_disk_that_fills_up_during_a_search_ends_with_one_line_and_loses_nothing(tmp_path):
+    """A real full disk for the study's database: a file-size limit (RLIMIT_FSIZE) a few pages above its size."""
+    import resource
+
+    path, out = write_space(tmp_path, search__trials=1, train__epochs=1), tmp_path / "run"
+    assert subprocess.run(command(path, out), env=ENV, capture_output=True, timeout=300).returncode == 0
+    room = (out / "study.db").stat().st_size + 16384
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
+
+    full = subprocess.run(command(path, out, "--trials", "200"), env=ENV, capture_output=True, text=True,
+                          timeout=600, preexec_fn=small_disk)
+    assert full.returncode == 2, full.stderr
+    line = one_error_line(full.stderr)
+    assert line.startswith("error: --out: cannot write") and "rerun the same command" in line, line
+    study = load(out)
+    kept = {t.number: t.values for t in study.trials if t.state == TrialState.COMPLETE}
+    more = trial_counts(study).done + 2
+    done = subprocess.run(command(path, out, "--trials", str(more)), env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    study = load(out)
+    assert {t.number: t.values for t in study.trials if t.number in kept} == kept
+    assert trial_counts(study).done == more and trial_counts(study).failed == 0  # the trial it hit did not count
     check_files_agree(study, out)
 
 
