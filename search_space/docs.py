@@ -95,9 +95,17 @@ def render_readme(text: str) -> str:
 
 
 def main() -> int:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "README.md"
+    """Regenerate everything derived from the spec dataclasses: the README reference and spaces/spec.schema.json."""
+    from .json_schema import render
+
+    root = Path(__file__).resolve().parent.parent
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else root / "README.md"
     path.write_text(render_readme(path.read_text()))
     print(f"updated the spec reference in {path}")
+    if len(sys.argv) <= 1:
+        schema = root / "spaces" / "spec.schema.json"
+        schema.write_text(render())
+        print(f"updated the JSON Schema in {schema}")
     return 0
 
 
