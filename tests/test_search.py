@@ -292,7 +292,7 @@ def test_sigkill_loses_no_completed_trial_and_rerun_retries_the_lost_one(tmp_pat
                 and (datetime.now() - last.datetime_start).total_seconds() < 1.5)
 
     try:
-        assert wait_for(one_done_one_running, 90, proc), proc.stderr.read().decode() if proc.poll() else "timeout"
+        assert wait_for(one_done_one_running, 240, proc), proc.stderr.read().decode() if proc.poll() else "timeout"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
