@@ -413,6 +413,7 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
             fn,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=search.trials,
                                         max_concurrent_trials=concurrent, trial_dirname_creator=trial_dirname,
+                                        reuse_actors=True,  # a worker process keeps torch and its data warm
                                         time_budget_s=search.timeout),
             run_config=tune.RunConfig(name=EXPERIMENT, storage_path=root, verbose=0, callbacks=[callback],
                                       failure_config=tune.FailureConfig(max_failures=2),
