@@ -59,6 +59,9 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.signum is not None:
+            self._old.clear()  # stopping: a late second signal (at exit, say) is still only "already stopping"
+            return
         for s, old in self._old.items():
             signal.signal(s, old)
         self._old.clear()
