@@ -56,7 +56,16 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for s in HANDLED:
                 self._old[s] = signal.signal(s, self._handle)
+            self._hook = sys.unraisablehook
+            sys.unraisablehook = self._unraisable
         return self
+
+    def _unraisable(self, unraisable) -> None:
+        """A stop raised inside a callback Python cannot propagate from (a weakref callback of a library, a
+        ``__del__``) is not printed: :func:`check` raises it again between training steps."""
+        if isinstance(unraisable.exc_value, Interrupted):
+            return
+        self._hook(unraisable)
 
     def __exit__(self, *exc) -> None:
         if self.signum is not None:
@@ -65,6 +74,8 @@ class StopSignals:
         for s, old in self._old.items():
             signal.signal(s, old)
         self._old.clear()
+        if getattr(self, "_hook", None) is not None:
+            sys.unraisablehook = self._hook
 
     def exit_code(self, default: int = 130) -> int:
         return 128 + self.signum if self.signum is not None else default
