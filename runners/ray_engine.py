@@ -249,16 +249,17 @@ def make_callback(out: Path, spec: Spec, progress: Progress, scheduler_name: str
         """Writes ``trials/<n>/`` as each trial ends and keeps the progress line current."""
 
         def __init__(self):
-            self.epochs: dict[str, int] = {}
+            self._update_head()
 
-        def _head(self) -> str:
-            return status_head(counts(records_from_files(out), list(spec.search.objectives)), spec.search.trials)
+        def _update_head(self) -> None:
+            """Trials done and best so far, read from trials/ once per finished trial (not per epoch report)."""
+            self.head = status_head(counts(records_from_files(out), list(spec.search.objectives)),
+                                    spec.search.trials)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             if "epoch" in result and "state" not in result:
-                self.epochs[trial.trial_id] = result["epoch"]
                 running = sum(t.status == "RUNNING" for t in trials)
-                progress.status(f"{self._head()} | {running} running; trial {result.get('trial')} epoch "
+                progress.status(f"{self.head} | {running} running; trial {result.get('trial')} epoch "
                                 f"{result['epoch']} val {result['val_accuracy']:.3f}", force=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
@@ -289,6 +290,7 @@ def make_callback(out: Path, spec: Spec, progress: Progress, scheduler_name: str
             if attrs.get("state") == "complete" and not attrs.get("values"):
                 attrs["state"] = "failed"
             write_trial(out, int(number), attrs, last.get("arch_yaml") or None)
+            self._update_head()
             progress.line(trial_line(int(number), attrs["state"], attrs))
 
     return ResultsWriter()
