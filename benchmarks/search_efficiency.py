@@ -12,6 +12,9 @@
    front (error and params / max params, reference point (1, 1)) and the epochs each spent.
 
     python benchmarks/search_efficiency.py --seeds 10 --budget-epochs 48 --factor 4
+    # the same, split over two processes (one per core), resumable; either prints the summary of what is recorded
+    python benchmarks/search_efficiency.py --seeds 5 --threads 1 --record so.jsonl &
+    python benchmarks/search_efficiency.py --seeds 5 --first-seed 5 --threads 1 --record so.jsonl
     python benchmarks/search_efficiency.py --multi-objective --seeds 5 --trials 16
 """
 
@@ -88,21 +91,54 @@ def single_objective(spec, args, tmp: Path) -> None:
     methods = {f"default ({spec.search.sampler}+{spec.search.pruner})": (spec.search.sampler, spec.search.pruner),
                "random, no pruning": ("random", "none")}
     judge = Judge(args.factor)
-    rows = {m: [] for m in methods}
-    for seed in range(args.seeds):
+    done = read_record(args.record)
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for i, (method, (sampler, pruner)) in enumerate(methods.items()):
+            if (method, seed) in done:
+                continue  # recorded by an earlier or a parallel run of this script
             r = search_once(spec, sampler, pruner, seed, args.budget_epochs, tmp / f"so-{i}-{seed}", args.verbose)
             r["judged"] = judge(r["arch"])
-            rows[method].append(r)
+            row = {"method": method, "seed": seed, **{k: r[k] for k in ("proxy", "judged", "epochs", "trials",
+                                                                          "full", "seconds")}}
+            done[(method, seed)] = row
+            append_record(args.record, row)
             print(f"seed {seed:>2}  {method:<26} proxy {r['proxy']:.4f}  {args.factor}x-trained {r['judged']:.4f}  "
                   f"epochs {r['epochs']:>3}  trials {r['trials']:>3} ({r['full']} full)  {r['seconds']:.0f}s",
                   flush=True)
-    print(f"\n{args.factor}x-trained accuracy of the architecture each search returns:")
-    print(f"{'method':<27} {'mean +- sd':<56}proxy   epochs  trials")
+    print_single_objective(list(methods), done, args.factor)
+
+
+def read_record(path) -> dict:
+    """Rows of earlier runs (``--record``): one JSON object per line, keyed by (method, seed)."""
+    import json
+
+    if not path or not Path(path).exists():
+        return {}
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {(r["method"], r["seed"]): r for r in rows}
+
+
+def append_record(path, row: dict) -> None:
+    import json
+
+    if path:
+        with open(path, "a", encoding="utf-8") as f:  # one short line per append: parallel runs do not mix
+            f.write(json.dumps(row) + "\n")
+
+
+def print_single_objective(methods: list[str], done: dict, factor: int) -> None:
+    """Seeds that both methods finished, compared pair by pair."""
+    seeds = sorted({s for (_, s) in done if all((m, s) in done for m in methods)})
+    rows = {m: [done[(m, s)] for s in seeds] for m in methods}
+    if not seeds:
+        print("no seed has results for both methods yet")
+        return
+    print(f"\n{factor}x-trained accuracy of the architecture each search returns ({len(seeds)} seeds):")
+    print(f"{'method':<27} {'mean +- sd':<20}proxy   epochs  trials")
     for method, rs in rows.items():
         judged = [r["judged"] for r in rs]
         sd = statistics.stdev(judged) if len(judged) > 1 else 0.0
-        print(f"{method:<27} {statistics.mean(judged):.4f} +- {sd:.4f}{'':<40}"
+        print(f"{method:<27} {statistics.mean(judged):.4f} +- {sd:.4f}    "
               f"{statistics.mean(r['proxy'] for r in rs):.4f}  {statistics.mean(r['epochs'] for r in rs):>6.1f}  "
               f"{statistics.mean(r['trials'] for r in rs):>6.1f}")
     a, b = ([r["judged"] for r in rs] for rs in rows.values())
@@ -160,6 +196,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default=str(Path(__file__).resolve().parents[1] / "spaces" / "resnest.yaml"))
     p.add_argument("--seeds", type=int, default=10, help="sampler seeds per method (default 10)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (default 0); with --record, "
+                                                            "several processes can split the seeds")
+    p.add_argument("--record", help="append each finished search to this JSON-lines file and skip what it holds: "
+                                    "a rerun resumes, and the summary covers every recorded seed")
     p.add_argument("--budget-epochs", type=int, default=48, help="training epochs each search may spend")
     p.add_argument("--factor", type=int, default=4, help="the returned architecture is judged after a complete "
                                                         "schedule this many times the proxy's (default 4)")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -128,20 +129,31 @@ class Audit:
                            f"{self.seeds} x {base.epochs * self.factor} epochs), device {self.device}; "
                            f"{len(runs) - len(todo)} of {len(runs)} runs already done in {self.out}")
         spent_epochs, spent_s = 0, 0.0
+        skipped = 0
         for done_now, r in enumerate(todo):
-            if self.load(r) is not None:
-                continue  # another process sharing this run directory trained it meanwhile
-            left = sum(t.epochs for t in todo[done_now:])
-            eta = f", ETA {duration(left * spent_s / spent_epochs)}" if spent_epochs else ""
-            head = f"[{len(runs) - len(todo) + done_now + 1}/{len(runs)}] model {r.model} {r.kind} " \
-                   f"{r.epochs} epochs seed {r.seed}{eta}"
-            result = self._train(r, head)
+            claim = self._claim(r)
+            if claim is None:
+                skipped += 1
+                continue  # another process sharing this run directory trains it now
+            try:
+                if self.load(r) is not None:
+                    continue  # another process sharing this run directory trained it meanwhile
+                left = sum(t.epochs for t in todo[done_now:])
+                eta = f", ETA {duration(left * spent_s / spent_epochs)}" if spent_epochs else ""
+                head = f"[{len(runs) - len(todo) + done_now + 1}/{len(runs)}] model {r.model} {r.kind} " \
+                       f"{r.epochs} epochs seed {r.seed}{eta}"
+                result = self._train(r, head)
+            finally:
+                os.close(claim)
             spent_epochs += r.epochs
             spent_s += result["seconds"]
             acc = result["val_accuracy"]
             self.progress.line(f"{head}: {result['status']}, val "
                                f"{'-' if acc is None else f'{acc:.4f}'} in {duration(result['seconds'])}")
             self.write_report()
+        if skipped:
+            self.progress.line(f"{skipped} runs were being trained by another process sharing {self.out}; "
+                               f"rerun when it is done for the complete figures")
         report = self.write_report()
         self.progress.line(summary(report))
         return report
@@ -172,6 +184,21 @@ class Audit:
         tmp.write_text(json.dumps(fidelity_stats.finite(record), indent=1) + "\n", encoding="utf-8")
         tmp.replace(path)  # atomic: a kill never leaves half a record that would count as done
         return record
+
+    def _claim(self, r: Run) -> Optional[int]:
+        """An exclusive ``flock`` on the run's lock file, so several processes can share one audit directory
+        (one per core or GPU) without training the same run twice; the lock dies with its process."""
+        import fcntl
+
+        path = self._path(r).with_suffix(".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        return fd
 
     def _path(self, r: Run) -> Path:
         return self.out / "models" / str(r.model) / f"{r.name}.json"
@@ -233,9 +260,13 @@ class Audit:
                                                                       for s in range(self.seeds)], k=self.top_k))
         report["models"] = rows
         report = fidelity_stats.finite(report)
-        (self.out / "fidelity.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        tmp = self.out / f"fidelity.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(self.out / "fidelity.json")  # atomic: processes sharing the directory never mix their writes
         if len(rows) >= 3:
-            plot(report, self.out / "fidelity.png")
+            png = self.out / f"fidelity.{os.getpid()}.png"
+            plot(report, png)
+            png.replace(self.out / "fidelity.png")
         return report
 
 

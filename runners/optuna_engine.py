@@ -28,9 +28,9 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from search_space.config import SearchConfig
-from search_space.sampling import OutsideSpace, params_for
+from search_space.sampling import warm_starts
 from search_space.schema import SpecError, is_choice
-from search_space.spec import Spec, load_spec
+from search_space.spec import Spec
 
 from .progress import Progress
 from .results import Counts, TrialRecord, counts, final_training, status_head, trial_line, write_results
@@ -360,7 +360,7 @@ class SearchRun:
         check_workers(self.url, search.workers, self.out)
         self.device = resolve_device(self.spec.train.device)
         self.evaluator = Evaluator(self.spec, self.device, self.data, worker=self.worker_name)
-        warm = [self._warm_start_params(p) for p in search.warm_start]  # bad files fail before anything runs
+        warm = warm_starts(self.spec)  # bad files fail before anything runs
         if create:
             self._check_out()
             preflight(self.spec, self.device, self.data)  # data and recipe, before the study holds any trial
@@ -405,15 +405,6 @@ class SearchRun:
         except OSError as e:
             raise SpecError("--out", f"cannot write the run directory {self.out}: {e.strerror or e}; "
                                      f"choose a writable --out") from None
-
-    def _warm_start_params(self, path: str) -> tuple[str, Optional[dict]]:
-        arch = load_spec(path)
-        if not arch.is_fixed():
-            raise SpecError("search.warm_start", f"{path} is a search space; warm starts are fixed architectures")
-        try:
-            return path, params_for(self.spec, arch)
-        except OutsideSpace:
-            return path, None  # evaluated as written, with the space's training recipe
 
     def _enqueue_warm_starts(self, warm: list[tuple[str, Optional[dict]]]) -> None:
         seen = {t.user_attrs.get("warm_start") for t in self.study.get_trials(deepcopy=False)}

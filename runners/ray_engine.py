@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from search_space.config import SearchConfig
-from search_space.sampling import FixedSuggester, OutsideSpace, params_for, resolve_dataclass, sample
+from search_space.sampling import FixedSuggester, resolve_dataclass, sample, warm_starts
 from search_space.schema import SpecError
-from search_space.spec import Spec, load_spec
+from search_space.spec import Spec
 
 from .progress import Progress
 from .results import counts, final_training, records_from_files, status_head, trial_line, write_results
@@ -358,7 +358,7 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
                         f"positive (gpus may be 0)")
     if max_concurrent is not None and max_concurrent < 1:
         raise SpecError("--max-concurrent", f"{max_concurrent} must be at least 1")
-    warm = _warm_starts(spec)
+    warm = warm_starts(spec)
     if not address:  # the data and recipe every trial shares, checked once before any trial (exit 2 on bad input);
         from .trial import preflight  # on a cluster, data_dir is a path on the worker nodes, not here
 
@@ -446,14 +446,3 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.config.get(f'{META}trial', trial.trial_id)}_{trial.trial_id}"
 
 
-def _warm_starts(spec: Spec) -> list[tuple[str, Optional[dict]]]:
-    out = []
-    for path in spec.search.warm_start:
-        arch = load_spec(path)
-        if not arch.is_fixed():
-            raise SpecError("search.warm_start", f"{path} is a search space; warm starts are fixed architectures")
-        try:
-            out.append((path, params_for(spec, arch)))
-        except OutsideSpace:
-            out.append((path, None))
-    return out

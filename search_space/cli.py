@@ -79,9 +79,11 @@ def load_fixed(path: str, sample_seed: int | None = None):
 
 
 def cmd_validate(args) -> int:
+    from .sampling import warm_starts
     from .spec import choices_in, load_spec
 
     spec = load_spec(args.spec)
+    warm_starts(spec)  # as `search run` checks them: each a valid, fixed architecture
     left = choices_in(spec)
     if left:
         print(f"{args.spec}: valid search space '{spec.name}' with {len(left)} choice(s): "

@@ -213,3 +213,26 @@ def params_for(space: Spec, arch: Spec) -> dict[str, Any]:
     if drawn != same_io:
         raise OutsideSpace("model", "the architecture differs from every sample of the space in a fixed value")
     return suggester.params
+
+
+def warm_starts(space: Spec) -> list[tuple[str, dict[str, Any] | None]]:
+    """Each of ``search.warm_start``'s files with the params that reproduce it in ``space``, or ``None`` when it
+    lies outside the space (it is then evaluated as written). ``search validate`` and both engines call this, so a
+    file that is itself a search space, or not a valid spec, is refused before any training."""
+    from .spec import load_spec
+
+    out = []
+    for i, path in enumerate(space.search.warm_start):
+        where = f"search.warm_start.{i}"
+        try:
+            arch = load_spec(path)
+        except SpecError as e:
+            raise SpecError(where, f"{path}: {e.path}: {e.message}") from None
+        if not arch.is_fixed():
+            raise SpecError(where, f"{path} is a search space; a warm start must be a fixed architecture "
+                                   f"(search compile SPACE --sample --seed N -o ARCH.yaml writes one)")
+        try:
+            out.append((path, params_for(space, arch)))
+        except OutsideSpace:
+            out.append((path, None))
+    return out

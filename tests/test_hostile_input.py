@@ -375,6 +375,27 @@ def test_what_run_accepts_validates(cli, tmp_path):
         assert result.code == 0, (extra, result)
 
 
+@pytest.mark.parametrize("content, message", [
+    ("SPACE", "is a search space; a warm start must be a fixed architecture"),
+    ("model: {stages: [{depth: -1, width: 8}]}\n", "model.stages.0.depth"),
+])
+def test_validate_refuses_warm_starts_that_run_refuses(cli, tmp_path, content, message):
+    """A warm-start file that is itself a search space, or not a valid spec, is refused by `validate` with the
+    same line as `run`, before anything trains."""
+    space = RESNEST.read_text()
+    (tmp_path / "warm.yaml").write_text(space if content == "SPACE" else content)
+    spec = tmp_path / "space.yaml"
+    spec.write_text(space.replace("search:\n", "search:\n  warm_start: [warm.yaml]\n", 1))
+    lines = []
+    for command in (("validate", spec), ("run", spec, "--out", tmp_path / "run")):
+        result = cli(*command)
+        assert result.code == 2, result
+        lines.append(one_line(result))
+        assert "error: search.warm_start.0: " in lines[-1] and message in lines[-1], lines[-1]
+    assert lines[0] == lines[1]
+    assert not (tmp_path / "run" / "trials").exists()
+
+
 def test_check_search_is_pure():
     """No file is created and no connection made: syntax and file existence only."""
     check_search(SearchConfig(storage="postgresql+psycopg://user@198.51.100.1:1/db", workers=8))
