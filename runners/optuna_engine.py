@@ -24,7 +24,6 @@ from typing import Optional
 
 import optuna
 from optuna.samplers._lazy_random_state import LazyRandomState
-from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from search_space.config import SearchConfig
@@ -36,8 +35,8 @@ from .progress import Progress
 from .results import Counts, TrialRecord, counts, final_training, status_head, trial_line, write_results
 from . import signals
 from .signals import Interrupted, StopSignals, die_with_parent, stop_error
-from .storage import (RunLock, check_study_known, check_study_present, check_workers, claim, is_sqlite, masked,
-                      open_storage, recover_lost_trials, retry_trial, sqlite_path, storage_url, without_password,
+from .storage import (RunLock, check_study_known, check_study_present, check_workers, claim, heartbeat, is_sqlite,
+                      masked, open_storage, recover_lost_trials, retry_trial, sqlite_path, storage_url, without_password,
                       worker_identity)
 from .trial import (DataCache, Evaluator, Outcome, TrialHooks, direction, first_line, is_disk_full, preflight,
                     trial_dir, write_json, write_text)
@@ -482,7 +481,7 @@ class SearchRun:
         try:
             claim(trial._trial_id, trial.number, study._storage, self.identity)
             hooks = OptunaHooks(self, trial)
-            with get_heartbeat_thread(trial._trial_id, study._storage):
+            with heartbeat(trial._trial_id, study._storage):
                 outcome = self.evaluator.evaluate(trial.number, trial, hooks, warm=trial.user_attrs.get("warm_start"),
                                                   in_space=trial.user_attrs.get("in_space", True))
                 outcome.info["distributions"] = {k: optuna.distributions.distribution_to_json(d)

@@ -8,7 +8,9 @@
   or ``~/.pgpass`` when the URL leaves them out;
 * lost trials (their process was killed) are failed with status ``lost`` and enqueued again (at most
   ``MAX_RETRY`` times): at once when their process on this host is gone (a zombie counts as gone), through
-  heartbeats on RDB storages for other hosts, and by age for trials created but never claimed by a worker.
+  heartbeats for other hosts (Optuna's on RDB storages; on journal files, which have none, a ``beat`` user
+  attribute that the worker's thread renews every ``HEARTBEAT_S``, see :func:`heartbeat`), and by age for trials
+  created but never claimed by a worker.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import errno
 import importlib.util
 import os
 import socket
+import threading
+import time
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +28,7 @@ from typing import Optional
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -268,8 +272,51 @@ def claim(trial_id: int, number: int, storage: BaseStorage, identity: dict) -> N
     storage.set_trial_user_attr(trial_id, "reason", "")  # a retry carries its predecessor's until now
 
 
+class _BeatThread:
+    """Renews the trial's ``beat`` user attribute (wall-clock seconds) every ``HEARTBEAT_S``: a journal file has
+    no heartbeats of its own, and without one a worker that died on another host would hold its trial forever."""
+
+    def __init__(self, trial_id: int, storage: BaseStorage):
+        self.trial_id, self.storage = trial_id, storage
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"beat-{trial_id}", daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.storage.set_trial_user_attr(self.trial_id, "beat", time.time())
+            except Exception:  # the trial finished meanwhile, or the storage is briefly unwritable: try again
+                pass
+            if self.stop.wait(HEARTBEAT_S):
+                return
+
+    def __enter__(self) -> "_BeatThread":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def heartbeat(trial_id: int, storage: BaseStorage):
+    """A context that keeps a running trial's heartbeat: Optuna's own on RDB storages, a ``beat`` attribute on
+    journal files (shared by processes on several hosts, so a silent worker can be told from a slow one)."""
+    if is_heartbeat_enabled(storage) or not isinstance(storage, JournalStorage):
+        return get_heartbeat_thread(trial_id, storage)
+    return _BeatThread(trial_id, storage)
+
+
+def _silence(t: FrozenTrial) -> float:
+    """Seconds since the trial's last ``beat`` (or its start, before the first)."""
+    last = t.user_attrs.get("beat")
+    if not isinstance(last, (int, float)):
+        last = t.datetime_start.timestamp() if t.datetime_start else time.time()
+    return time.time() - last
+
+
 def _lost_reason(t: FrozenTrial, exclusive: bool, own: dict, current: Optional[int],
-                 stale: set[int]) -> Optional[str]:
+                 stale: set[int], beats: bool = False) -> Optional[str]:
     """Why a RUNNING trial is lost, or None while it may still be running somewhere."""
     if t._trial_id == current:
         return None
@@ -286,8 +333,13 @@ def _lost_reason(t: FrozenTrial, exclusive: bool, own: dict, current: Optional[i
     if exclusive or (who["host"] == own["host"] and who["pid"] == own["pid"]
                      and who.get("started") == own.get("started")):
         return f"its process {who['host']}:{who['pid']} stopped while running it"
-    if process_alive(who["host"], who["pid"], who.get("started")) is False:
+    alive = process_alive(who["host"], who["pid"], who.get("started"))
+    if alive is False:
         return f"its process {who['host']}:{who['pid']} died"
+    if alive is None and beats:
+        silent = _silence(t)
+        if silent > GRACE_S:
+            return f"its worker {who['host']}:{who['pid']} sent no heartbeat for {silent:.0f}s"
     return None
 
 
@@ -304,9 +356,10 @@ def recover_lost_trials(study: optuna.Study, exclusive: bool = False, own: Optio
     stale: set[int] = set()
     if is_heartbeat_enabled(storage):  # the study's storage wraps the RDBStorage in a cache
         stale = set(storage._get_stale_trial_ids(study._study_id))
+    beats = isinstance(storage, JournalStorage)  # journal files: our own beat attribute (see heartbeat())
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = _lost_reason(t, exclusive, own, current, stale)
+        reason = _lost_reason(t, exclusive, own, current, stale, beats)
         if reason is None:
             continue
         if t.user_attrs.get("reason") and t.user_attrs.get("status") == "running":

@@ -135,6 +135,54 @@ def test_a_worker_on_another_host_that_stopped_beating_is_retried(tmp_path):
     assert "no heartbeat" in lost.user_attrs["reason"] and study.trials[1].state == TrialState.WAITING
 
 
+def test_on_a_journal_file_a_worker_on_another_host_that_stopped_beating_is_retried(tmp_path, monkeypatch):
+    """A journal file has no heartbeats of its own: workers renew a ``beat`` attribute, and a trial whose worker
+    on another host fell silent for GRACE_S is failed as lost and retried, while a beating one is left alone."""
+    import runners.storage as storage_module
+    from runners.storage import heartbeat, recover_lost_trials
+
+    monkeypatch.setattr(storage_module, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(storage_module, "GRACE_S", 2)
+    study = optuna.create_study(study_name="s", storage=journal(tmp_path / "j.log"))
+    silent, beating = study.ask(), study.ask()
+    for t in (silent, beating):
+        study._storage.set_trial_user_attr(t._trial_id, "worker_info", {"host": "elsewhere", "pid": 1,
+                                                                          "trial": t.number})
+    with heartbeat(beating._trial_id, study._storage):  # the thread a worker on that host would run
+        first = study._storage.get_trial(beating._trial_id).user_attrs["beat"]
+        assert recover_lost_trials(study) == []  # both may still be running on their host
+        time.sleep(2.5)
+        assert study._storage.get_trial(beating._trial_id).user_attrs["beat"] > first  # renewed
+        assert recover_lost_trials(study) == [silent.number]
+    lost = study.trials[silent.number]
+    assert lost.state == TrialState.FAIL and lost.user_attrs["status"] == "lost"
+    assert "elsewhere:1 sent no heartbeat for" in lost.user_attrs["reason"]
+    assert study.trials[beating.number].state == TrialState.RUNNING
+    assert study.trials[-1].state == TrialState.WAITING  # the retry
+
+
+def test_search_run_on_a_journal_file_retries_a_silent_remote_worker_and_finishes(tmp_path, monkeypatch):
+    """End to end: a study whose only missing trial is held by a worker on another host that stopped beating;
+    `search run` waits past the grace period, fails it as lost, runs it again and reaches --trials."""
+    import runners.storage as storage_module
+
+    monkeypatch.setattr(storage_module, "GRACE_S", 3)
+    log = tmp_path / "j.log"
+    path = write_space(tmp_path, search__trials=1, train__epochs=1, search__storage=str(log))
+    study = optuna.create_study(study_name="tiny", storage=journal(log), direction="maximize")
+    t = study.ask()
+    study._storage.set_trial_user_attr(t._trial_id, "worker_info", {"host": "elsewhere", "pid": 1,
+                                                                      "trial": t.number})
+    study._storage.set_trial_user_attr(t._trial_id, "beat", time.time())
+    start = time.monotonic()
+    summary, out_log = run(path, tmp_path / "run")
+    assert time.monotonic() - start > 2.5  # it waited for the remote worker's grace period
+    study = optuna.load_study(study_name="tiny", storage=journal(log))
+    assert study.trials[0].state == TrialState.FAIL and "no heartbeat" in study.trials[0].user_attrs["reason"]
+    assert study.trials[1].state == TrialState.COMPLETE and summary["best_trial"] == 1
+    assert "trial   0 lost" in out_log
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 2. trials/ agrees with the study
 # ----------------------------------------------------------------------------------------------------------------
