@@ -227,6 +227,7 @@ class Audit:
                 continue
             rows.append({"model": i, "proxy": self._acc(proxy), "long": [self._acc(x) for x in longs],
                          "truncated": self._acc_at(longs[0], base.epochs), "lr": proxy["lr"],
+                         "rungs": [self._acc_at(proxy, k) for k in range(1, base.epochs)],
                          "failed": sum(x["status"] != "ok" for x in [proxy, *longs])})
         return rows
 
@@ -253,7 +254,10 @@ class Audit:
                   "proxy_epochs": base.epochs, "long_epochs": base.epochs * self.factor,
                   "complete": len(rows) == self.n}
         if len(rows) >= 3:
-            predictors = {"proxy": [r["proxy"] for r in rows],
+            # What a pruner sees: the proxy run after k of its epochs (a rung), and the long schedule cut at the
+            # proxy's length (what a rung of a longer search schedule would measure).
+            rungs = {f"proxy_at_epoch_{k}": [r["rungs"][k - 1] for r in rows] for k in range(1, base.epochs)}
+            predictors = {"proxy": [r["proxy"] for r in rows], **rungs,
                           f"long_at_epoch_{base.epochs}": [r["truncated"] for r in rows],
                           "params": [r["params"] for r in rows], "macs": [r["macs"] for r in rows]}
             report.update(fidelity_stats.fidelity_report(predictors, [[r["long"][s] for r in rows]
@@ -302,7 +306,8 @@ def plot(report: dict, path: Path) -> None:
     rows = report["models"]
     truth = report["truth"]
     column = {"proxy": "proxy", "params": "params"}  # any other predictor is the truncated long run
-    panels = [(k, [r[column.get(k, "truncated")] for r in rows]) for k in report["predictors"] if k != "macs"]
+    panels = [(k, [r[column.get(k, "truncated")] for r in rows]) for k in report["predictors"]
+              if k != "macs" and not k.startswith("proxy_at_epoch_")]  # rungs: in fidelity.json only
     if "noise_ceiling" in report:
         panels.append(("noise_ceiling", [r["long"][1] for r in rows]))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)

@@ -82,6 +82,31 @@ def test_audit_resumes_after_interruption(tmp_path, monkeypatch, single_thread):
     assert calls == []
 
 
+def test_processes_sharing_an_audit_split_the_runs_and_rungs_are_reported(tmp_path, single_thread):
+    """A run another process holds (its flock) is skipped, not trained twice; with a 2-epoch proxy the report
+    also ranks what a pruner sees at its rung: the proxy run after epoch 1."""
+    import fcntl
+    import os
+
+    spec = dataclasses.replace(tiny_spec(), train=dataclasses.replace(tiny_spec().train, epochs=2))
+    (tmp_path / "models" / "0").mkdir(parents=True)
+    held = os.open(tmp_path / "models" / "0" / "proxy-e2-s0.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as another process training model 0's proxy run
+    stream = io.StringIO()
+    report = Audit(spec, tmp_path, n=3, factor=2, seeds=1, progress=Progress(tty=False, stream=stream)).run()
+    assert not (tmp_path / "models" / "0" / "proxy-e2-s0.json").exists()
+    assert (tmp_path / "models" / "0" / "long-e4-s0.json").exists()
+    assert "1 runs were being trained by another process" in stream.getvalue() and not report["complete"]
+    os.close(held)
+
+    report = Audit(spec, tmp_path, n=3, factor=2, seeds=1, progress=Progress(tty=False, stream=io.StringIO())).run()
+    assert report["complete"]
+    assert set(report["predictors"]) == {"proxy", "proxy_at_epoch_1", "long_at_epoch_2", "params", "macs"}
+    for row in report["models"]:
+        proxy = json.loads((tmp_path / "models" / str(row["model"]) / "proxy-e2-s0.json").read_text())
+        assert row["rungs"] == [proxy["history"][0]]
+
+
 @pytest.mark.parametrize("flag, value, field", [("--n", "2", "--n"), ("--factor", "1", "--factor"),
                                                 ("--seeds", "0", "--seeds"), ("--epochs", "0", "--epochs")])
 def test_bad_flags_exit_2_with_one_line(cli, tmp_path, flag, value, field):
