@@ -115,13 +115,21 @@ def make_searcher(spec: Spec, objectives: list[str], seed: int):
                        sampler=make_sampler(spec.search, len(objectives), parallel=True, seed=seed))
 
 
-def make_scheduler(search: SearchConfig, epochs: int, objectives: list[str]):
-    """The Ray scheduler for the spec's pruner (FIFO when there is nothing to prune on)."""
+def make_scheduler(search: SearchConfig, epochs: int, objectives: list[str], first_epoch: int = 1):
+    """The Ray scheduler for the spec's pruner (FIFO when there is nothing to prune on). ``first_epoch``: the end
+    of warmup, before which accuracy ranks nothing, so no rung lies there."""
     from ray.tune.schedulers import ASHAScheduler, AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
 
+    from .optuna_engine import MO_REDUCTION_FACTOR, mo_rungs
+
+    if search.pruner != "none" and len(objectives) > 1 and "val_accuracy" in objectives:
+        rungs = mo_rungs(search, epochs, objectives, first_epoch)
+        if rungs:
+            return (NondominatedRankScheduler(rungs, objectives, MO_REDUCTION_FACTOR),
+                    "non-dominated-rank successive halving")
     if search.pruner == "none" or objectives != ["val_accuracy"]:
         return FIFOScheduler(), "fifo"
-    first = max(1, min(search.pruner_min_epochs, epochs))
+    first = max(1, min(max(search.pruner_min_epochs, first_epoch), epochs))
     common = dict(time_attr="training_iteration", metric="val_accuracy", mode="max")
     # a trial reports epochs 1..E-1, then its outcome (with epoch E's accuracy) as report E: max_t is E
     if search.pruner == "median":
@@ -131,6 +139,42 @@ def make_scheduler(search: SearchConfig, epochs: int, objectives: list[str]):
         return ASHAScheduler(max_t=epochs, grace_period=first, reduction_factor=3, **common), "ASHA"
     return AsyncHyperBandScheduler(max_t=epochs, grace_period=first, reduction_factor=3, brackets=3,
                                    **common), "async HyperBand"
+
+
+try:
+    from ray.tune.schedulers import FIFOScheduler as _FIFOScheduler
+except ImportError:  # Ray is optional: run_ray_search says how to install it
+    _FIFOScheduler = object
+
+
+class NondominatedRankScheduler(_FIFOScheduler):
+    """Successive halving by non-dominated rank for several objectives on Ray (Ray's own schedulers read one
+    metric): at each rung epoch a trial's (accuracy, params/MACs) point is compared with every trial that reached
+    that rung before it, by the same rule as the Optuna engine (:func:`runners.mo_pruning.should_stop`), and the
+    trial is stopped unless it is among the best ``max(1, n // eta)``. Costs are known before training (the
+    worker sends them with each report); latency is not, so MACs stand in for it."""
+
+    def __init__(self, rungs: list[int], objectives: list[str], eta: int):
+        super().__init__()
+        self.rungs, self.objectives, self.eta = set(rungs), list(objectives), eta
+        self.points: dict[int, list[list[float]]] = {r: [] for r in rungs}
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        from runners.mo_pruning import should_stop
+
+        epoch = result.get("epoch")
+        if "state" in result or epoch not in self.rungs:
+            return self.CONTINUE  # an outcome, or an epoch that is no rung
+        attrs = json.loads(result.get("attrs") or "{}")
+        point = [-float(result["val_accuracy"]) if o == "val_accuracy"
+                 else float(attrs.get("macs" if o == "latency" else o, 0)) for o in self.objectives]
+        others = self.points[epoch]
+        stop = should_stop(point, others, eta=self.eta)
+        others.append(point)
+        return self.STOP if stop else self.CONTINUE
+
+    def debug_string(self) -> str:
+        return f"NondominatedRankScheduler: rungs {sorted(self.rungs)}, eta {self.eta}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -341,7 +385,7 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
         raise SpecError("--backend", "ray needs Ray Tune, which is not installed: pip install 'ray[tune]' "
                                      "(or this package's [ray] extra)") from None
 
-    from .optuna_engine import max_epochs
+    from .optuna_engine import max_epochs, warmup_end
     from runners.train import resolve_device
 
     import optuna
@@ -380,7 +424,7 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
     concurrent = max_concurrent or max(1, int(min(fit)))
     threads = max(1, int(cpus_per_trial))
     epochs = max_epochs(spec)
-    scheduler, scheduler_name = make_scheduler(search, epochs, objectives)
+    scheduler, scheduler_name = make_scheduler(search, epochs, objectives, first_epoch=warmup_end(spec))
     if resolve_device(spec.train.device).type == "cuda" and not gpus_per_trial:
         progress.line("note: this machine has a GPU but --gpus-per-trial is 0, so trials train on the CPU")
 

@@ -103,6 +103,57 @@ def test_local_ray_search_prunes_records_a_failing_trial_and_writes_the_same_res
     assert compiled.returncode == 0, compiled.stderr
 
 
+def test_nondominated_rank_scheduler_decides_as_the_optuna_engine():
+    """The Ray scheduler for several objectives applies runners.mo_pruning.should_stop at its rungs: a trial
+    dominated at its cost by the earlier trials at the rung is stopped, one on the front continues, and outcomes
+    and epochs that are no rung are never stopped."""
+    from runners.mo_pruning import should_stop
+    from runners.ray_engine import NondominatedRankScheduler, make_scheduler
+    from search_space.config import SearchConfig
+
+    scheduler, name = make_scheduler(SearchConfig(pruner="successive_halving", pruner_min_epochs=1), 4,
+                                     ["val_accuracy", "params"], first_epoch=1)
+    assert isinstance(scheduler, NondominatedRankScheduler) and sorted(scheduler.rungs) == [1, 3]
+    assert name == "non-dominated-rank successive halving"
+
+    def result(acc, params, epoch=1, **extra):
+        return {"val_accuracy": acc, "epoch": epoch, "attrs": json.dumps({"params": params, "macs": 1}), **extra}
+
+    seen, decisions = [], []
+    for acc, params in [(0.9, 100), (0.8, 200), (0.95, 50), (0.5, 300), (0.2, 10), (0.85, 150)]:
+        expected = should_stop([-acc, params], seen, eta=3)
+        decisions.append(scheduler.on_trial_result(None, None, result(acc, params)))
+        assert decisions[-1] == (scheduler.STOP if expected else scheduler.CONTINUE)
+        seen.append([-acc, params])
+    assert decisions[1] == scheduler.STOP and decisions[2] == scheduler.CONTINUE  # dominated / on the front
+    assert scheduler.on_trial_result(None, None, result(0.1, 999, epoch=2)) == scheduler.CONTINUE  # no rung
+    assert scheduler.on_trial_result(None, None, result(0.1, 999, state="complete")) == scheduler.CONTINUE
+    one, _ = make_scheduler(SearchConfig(pruner="none"), 4, ["val_accuracy", "params"])
+    assert not isinstance(one, NondominatedRankScheduler)
+
+
+def test_multi_objective_ray_search_prunes_by_nondominated_rank(tmp_path):
+    """A real local Ray search on val_accuracy x params with a pruner: trials dominated at the rung stop there
+    and are recorded as pruned by the non-dominated-rank scheduler; the rest finish and form pareto/."""
+    path = write_space(tmp_path, search__trials=6, search__sampler="random", search__pruner="successive_halving",
+                       search__objectives=["val_accuracy", "params"], train__epochs=2,
+                       train__lr={"choice": [0.3, 1.0e-5]})
+    out = tmp_path / "run"
+    done = search(path, "--out", out, "--max-concurrent", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "non-dominated-rank successive halving" in done.stderr
+    files = trial_files(out)
+    assert sorted(files) == list(range(6))
+    pruned = [m for m in files.values() if m["state"] == "pruned"]
+    complete = [m for m in files.values() if m["state"] == "complete"]
+    assert pruned and complete, files
+    for m in pruned:
+        assert m["reason"].startswith("stopped by non-dominated-rank successive halving after epoch 1")
+        assert m["epochs"] == 1
+    assert all(m["epochs"] == 2 for m in complete)
+    assert list((out / "pareto").glob("*.yaml"))
+
+
 def test_ray_options_need_the_ray_backend(tmp_path):
     path = write_space(tmp_path, search__backend="optuna")
     done = search(path, "--gpus-per-trial", "0.5", cwd=tmp_path, timeout=60)
