@@ -177,19 +177,39 @@ def multi_objective_once(spec, pruner: str, seed: int, trials: int, out: Path, v
 
 def multi_objective(spec, args, tmp: Path) -> None:
     methods = {"no pruning": "none", "non-dominated-rank pruning": "successive_halving"}
-    rows = {m: [] for m in methods}
-    for seed in range(args.seeds):
+    done = read_record(args.record)
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for i, (method, pruner) in enumerate(methods.items()):
+            if (method, seed) in done:
+                continue
             r = multi_objective_once(spec, pruner, seed, args.trials, tmp / f"mo-{i}-{seed}", args.verbose)
-            rows[method].append(r)
+            row = {"method": method, "seed": seed, **r}
+            done[(method, seed)] = row
+            append_record(args.record, row)
             print(f"seed {seed:>2}  {method:<28} hypervolume {r['hypervolume']:.4f}  epochs {r['epochs']:>3}  "
                   f"front {r['front']:>2}  {r['seconds']:.0f}s", flush=True)
-    print(f"\n{spec.search.sampler}, {args.trials} trials, val_accuracy x params    hypervolume (mean +- sd)   "
-          f"epochs (mean)")
-    for method, rs in rows.items():
+    seeds = sorted({s for (_, s) in done if all((m, s) in done for m in methods)})
+    if not seeds:
+        print("no seed has results for both methods yet")
+        return
+    print(f"\n{spec.search.sampler}, {args.trials} trials, val_accuracy x params, {len(seeds)} seeds:")
+    print(f"{'method':<30} {'hypervolume (mean +- sd)':<27}{'epochs (mean)':<15}hypervolume per 100 epochs")
+    for method in methods:
+        rs = [done[(method, s)] for s in seeds]
         hv = [r["hypervolume"] for r in rs]
         sd = statistics.stdev(hv) if len(hv) > 1 else 0.0
-        print(f"{method:<48} {statistics.mean(hv):.4f} +- {sd:.4f}        {statistics.mean(r['epochs'] for r in rs):.1f}")
+        epochs = statistics.mean(r["epochs"] for r in rs)
+        print(f"{method:<30} {statistics.mean(hv):.4f} +- {sd:.4f}{'':<10}{epochs:<15.1f}"
+              f"{100 * statistics.mean(hv) / epochs:.4f}")
+    a, b = ([done[(m, s)]["hypervolume"] for s in seeds] for m in methods)
+    diffs = [y - x for x, y in zip(a, b)]
+    spent = [sum(done[(m, s)]["epochs"] for s in seeds) for m in methods]
+    print(f"pruned - unpruned hypervolume: mean {statistics.mean(diffs):+.4f}; epochs saved {1 - spent[1] / spent[0]:.0%}")
+    if any(diffs) and len(diffs) >= 2:
+        from scipy.stats import wilcoxon
+
+        print(f"Wilcoxon signed-rank on hypervolume (paired by seed): two-sided p = "
+              f"{wilcoxon(a, b, zero_method='zsplit').pvalue:.4f}")
 
 
 def main(argv=None) -> int:

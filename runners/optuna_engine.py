@@ -36,8 +36,8 @@ from .results import Counts, TrialRecord, counts, final_training, status_head, t
 from . import signals
 from .signals import Interrupted, StopSignals, die_with_parent, stop_error
 from .storage import (RunLock, check_study_known, check_study_present, check_workers, claim, heartbeat, is_sqlite,
-                      masked, open_storage, recover_lost_trials, retry_trial, sqlite_path, storage_url, without_password,
-                      worker_identity)
+                      masked, open_storage, recover_lost_trials, retry_trial, sqlite_path, storage_url,
+                      without_password, worker_identity)
 from .trial import (DataCache, Evaluator, Outcome, TrialHooks, direction, first_line, is_disk_full, preflight,
                     trial_dir, write_json, write_text)
 
