@@ -51,7 +51,11 @@ def open_search(spec, sampler: str, pruner: str, seed: int, out: Path, verbose: 
 
 def search_once(spec, sampler: str, pruner: str, seed: int, budget: int, out: Path, verbose: bool) -> dict:
     """One single-objective search at an epoch budget; returns its best full-length trial's architecture."""
-    run, study = open_search(spec, sampler, pruner, seed, out, verbose, trials=10**6)
+    from runners.optuna_engine import startup_trials
+
+    # trials are started until the budget is spent; the sampler's random start is the one the space's trials give
+    run, study = open_search(spec, sampler, pruner, seed, out, verbose, trials=10**6,
+                             startup_trials=startup_trials(spec.search))
     start = time.perf_counter()
     while epochs_spent(study) < budget:
         run.run_one()

@@ -453,11 +453,34 @@ def cpu_threads(workers: int = 1) -> int:
     """
     cores = os.cpu_count() or 1
     share = max(1, cores // workers)
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
+    busy = busy_cores()
+    if busy is None:
         return share
     return max(1, min(share, int(cores - busy + 0.5) // workers))
+
+
+def busy_cores(window_s: float = 0.3) -> Optional[float]:
+    """How many cores other processes keep busy now: CPU time measured over a short window from /proc/stat
+    (Linux), else the 1-minute load average. The load average alone lags: a process that ended seconds ago
+    still counts as a busy core for a minute, which would halve the threads of the next run on an idle machine."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window_s)
+        total1, idle1 = sample()
+        if total1 > total0:
+            return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / (total1 - total0))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def resolve_device(choice: torch.device | str | None = "auto") -> torch.device:
