@@ -178,7 +178,8 @@ class Audit:
             raise KeyboardInterrupt
         record = {"model": r.model, "kind": r.kind, "epochs": r.epochs, "seed": r.seed, "status": result.status,
                   "reason": result.reason, "val_accuracy": result.val_accuracy, "seconds": result.seconds,
-                  "lr": config.lr, "history": [h["val_accuracy"] for h in result.history]}
+                  "lr": config.lr, "history": [h["val_accuracy"] for h in result.history],
+                  "rung_history": [h.get("rung_accuracy") for h in result.history]}
         path = self._path(r)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(fidelity_stats.finite(record), indent=1) + "\n", encoding="utf-8")
@@ -227,7 +228,7 @@ class Audit:
                 continue
             rows.append({"model": i, "proxy": self._acc(proxy), "long": [self._acc(x) for x in longs],
                          "truncated": self._acc_at(longs[0], base.epochs), "lr": proxy["lr"],
-                         "rungs": [self._acc_at(proxy, k) for k in range(1, base.epochs)],
+                         "rungs": [self._rung_at(proxy, k) for k in range(1, base.epochs)],
                          "failed": sum(x["status"] != "ok" for x in [proxy, *longs])})
         return rows
 
@@ -239,6 +240,12 @@ class Audit:
         history = record.get("history") or []
         value = history[epoch - 1] if len(history) >= epoch else None
         return value if value is not None and math.isfinite(value) else self.chance
+
+    def _rung_at(self, record: dict, epoch: int) -> float:
+        """What a pruner reads after ``epoch``: the averaged weights' accuracy with train.rung_ema_epochs."""
+        rungs = record.get("rung_history") or []
+        value = rungs[epoch - 1] if len(rungs) >= epoch else None
+        return value if value is not None and math.isfinite(value) else self._acc_at(record, epoch)
 
     def write_report(self) -> dict:
         base = self.spec.train

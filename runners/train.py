@@ -222,6 +222,7 @@ def _fit(state: _State, arch_or_model, config: TrainConfig, data: Dataset, devic
     budget = config.time_budget
     last_tick = time.perf_counter()
     global_step = 0
+    ema = rung_average(model, config, steps)
 
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -249,6 +250,8 @@ def _fit(state: _State, arch_or_model, config: TrainConfig, data: Dataset, devic
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += loss.detach().float()
             correct += (out.argmax(1) == y).sum()
             done += 1
@@ -279,6 +282,8 @@ def _fit(state: _State, arch_or_model, config: TrainConfig, data: Dataset, devic
             "peak_memory_mb": peak_memory_mb(device),
             "lr": lr,
         }
+        if ema is not None and epoch < config.epochs:  # a rung: what a pruner reads (the last epoch is no rung)
+            metrics["rung_accuracy"] = evaluate_split(ema, data.val_x, data.val_y, norm, amp_dtype, batch)[1]
         if out_of_time:
             metrics["partial"] = done < steps
         state.history.append(metrics)
@@ -295,6 +300,19 @@ def _fit(state: _State, arch_or_model, config: TrainConfig, data: Dataset, devic
     model.eval()
     if evaluate_test and state.status == "ok":
         _, state.test_accuracy = evaluate_split(forward, data.test_x, data.test_y, norm, amp_dtype, batch)
+
+
+def rung_average(model: nn.Module, config: TrainConfig, steps: int) -> Optional[nn.Module]:
+    """An exponential moving average of the weights (and BN statistics) over ``config.rung_ema_epochs`` epochs,
+    or None. Before the last epoch the learning rate is still high and the trained weights are noisy, so their
+    accuracy ranks architectures worse than a complete schedule does; the average is the cheaper, steadier
+    estimate a pruner can read at a rung (``search fidelity`` measures both)."""
+    if config.rung_ema_epochs is None or config.epochs < 2:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    decay = 1.0 - 1.0 / max(1.0, config.rung_ema_epochs * steps)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, lr: float) -> None:

@@ -344,6 +344,8 @@ class Evaluator:
                 return False
             # A trial that has trained its full budget is complete: stopping it then would save nothing and
             # throw its result away (Hyperband's last rung sits at the maximum epoch count).
+            if metrics.get("rung_accuracy") is not None:  # train.rung_ema_epochs: pruners read the average
+                metrics = {**metrics, "val_accuracy": metrics["rung_accuracy"]}
             return hooks.report(epoch, metrics) and epoch < epochs
 
         result = train(sampled.model, sampled.train, report=report, on_step=on_step, data=data,

@@ -40,6 +40,10 @@ class TrainConfig:
     schedule: Literal["cosine", "onecycle", "constant"] = field(
         "cosine", doc="per-step decay after warmup: cosine to zero, onecycle (linear to zero) or constant")
     warmup_epochs: float = field(1.0, min=0.0, max=100_000.0, doc="linear warmup length in epochs")
+    rung_ema_epochs: Optional[float] = field(
+        None, min=0.01, max=100_000.0, doc="pruning: score every epoch but the last on an exponential moving average "
+        "of the weights over about this many epochs (rung_accuracy, what pruners read; training is unchanged); "
+        "null: the trained weights")
     crop_padding: Optional[int] = field(None, min=0, max=512, doc="random-crop padding in pixels (reflected); "
                                         "null: size // 8, at least 1; 0: no crop")
     flip: Optional[bool] = field(None, doc="random horizontal flips; null: on for cifar/imagefolder, off for "

@@ -367,3 +367,20 @@ def test_final_training_scores_the_best_once_on_test_and_saves_it(tmp_path):
     model.load_state_dict(state)  # the saved weights fit the saved architecture
     _, again = run(write_space(tmp_path, search__final_epochs=2), out)
     assert "already trained" in again  # a rerun does not train (or test) it twice
+
+
+def test_pruners_read_the_averaged_weights_with_rung_ema(tmp_path):
+    """With train.rung_ema_epochs the value a pruner reads at a rung (Optuna's intermediate value) is the
+    averaged weights' accuracy, rung_accuracy, while the trial's result stays the trained weights' accuracy."""
+    out = tmp_path / "run"
+    run(write_space(tmp_path, search__pruner="median", search__trials=3, train__epochs=3,
+                    train__rung_ema_epochs=0.5), out)
+    for t in load(out).trials:
+        history = json.loads((out / "trials" / str(t.number) / "metrics.json").read_text())["history"]
+        rungs = {h["epoch"]: h["rung_accuracy"] for h in history if "rung_accuracy" in h}
+        assert rungs and all(t.intermediate_values[epoch] == acc for epoch, acc in rungs.items()
+                             if epoch in t.intermediate_values)
+        assert 1 in t.intermediate_values  # every trial reaches the first rung
+        if t.state == TrialState.COMPLETE:
+            assert t.values[0] == history[-1]["val_accuracy"] and "rung_accuracy" not in history[-1]
+            assert set(rungs) == {1, 2}

@@ -364,3 +364,16 @@ def test_busy_cores_sees_a_spinning_process_now_and_falls_back_to_the_load_avera
                         if path == "/proc/stat" else real_open(path, *a, **k))
     monkeypatch.setattr(os, "getloadavg", lambda: (1.25, 0.0, 0.0))
     assert busy_cores() == 1.25
+
+
+def test_rung_ema_scores_the_averaged_weights_before_the_last_epoch_and_leaves_training_unchanged(digits):
+    """train.rung_ema_epochs adds rung_accuracy (an EMA of the weights, scored on validation) to every epoch but
+    the last; the trained weights, and so every val_accuracy, are exactly those of a run without it."""
+    config = replace(FAST, epochs=3)
+    plain = train(small_cnn(), config, data=digits)
+    averaged = train(small_cnn(), replace(config, rung_ema_epochs=0.5), data=digits)
+    assert [h["val_accuracy"] for h in averaged.history] == [h["val_accuracy"] for h in plain.history]
+    assert all("rung_accuracy" not in h for h in plain.history)
+    rungs = [h.get("rung_accuracy") for h in averaged.history]
+    assert all(0.0 <= r <= 1.0 for r in rungs[:2]) and rungs[2] is None
+    assert rungs[:2] != [h["val_accuracy"] for h in averaged.history[:2]]  # another model was scored
