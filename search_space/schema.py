@@ -22,9 +22,17 @@ MAX_STRING = 4096  # any string value of a spec (paths, URLs, names): PATH_MAX o
 
 
 def one_line(text: str, limit: int = MAX_LINE) -> str:
-    """``text`` with line breaks escaped and cut to ``limit`` characters, so an error stays one readable line."""
-    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    """``text`` with control characters and line separators escaped (a key from a file must not break the line
+    or send terminal escapes) and cut to ``limit`` characters, so an error stays one readable line."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() or c == " " else _escape(c) for c in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _escape(c: str) -> str:
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else
+                                                               f"\\u{ord(c):04x}" if ord(c) < 0x10000 else
+                                                               f"\\U{ord(c):08x}")
 
 
 class SpecError(ValueError):

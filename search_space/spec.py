@@ -452,6 +452,10 @@ class SpecLoader(yaml.SafeLoader):
         for key, _ in node.value:
             if not isinstance(key, yaml.ScalarNode):
                 continue
+            if key.tag == "tag:yaml.org,2002:merge":  # `<<:` would merge silently over keys written out
+                self._path.append("<<")
+                raise self._error("YAML merge keys (<<) are not allowed in a spec; write the values out (a stage's "
+                                  "block: template shares settings between blocks)", key.start_mark)
             ident = (key.tag, key.value)
             if ident in seen:
                 self._path.append(short(str(key.value)))

@@ -154,7 +154,7 @@ def make_case(seed: int) -> tuple[str, str]:
 
 def check_error(e: SpecError) -> None:
     line = str(e)
-    assert "\n" not in line and "\r" not in line, line
+    assert line.isprintable() and len(line.splitlines()) == 1, repr(line)  # no breaks, escapes or separators
     assert len(line) <= 1200, f"error line of {len(line)} characters: {line[:200]}..."
 
 

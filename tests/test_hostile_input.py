@@ -317,6 +317,14 @@ def test_duplicate_keys(text, path, lines):
     assert all(line in e.message for line in lines), str(e)
 
 
+@pytest.mark.parametrize("train", ["{epochs: 1, <<: {epochs: 2}}", "{<<: [{epochs: 3}, {epochs: 4}]}",
+                                   "{<<: {epochs: 2}}"], ids=["over_a_key", "two_maps", "alone"])
+def test_merge_keys_are_refused(train):
+    """A merge key (<<) overrides or drops values as silently as a duplicate key does."""
+    e = refused(GOOD + f"train: {train}\n")
+    assert e.path == "train.<<" and "merge keys" in e.message, str(e)
+
+
 def test_same_key_in_different_mappings_is_fine():
     assert load_spec(GOOD + "train: {epochs: 1}\nsearch: {trials: 2}\n").search.trials == 2
 
@@ -529,9 +537,12 @@ def test_template_errors_name_the_template():
 
 def test_huge_and_multiline_keys_and_values_are_cut():
     e = refused(GOOD + "train:\n  ? " + "k" * 100_000 + "x\n  : 1\n")
-    assert len(str(e)) < 400 and str(e).startswith("train.kkk") and "..." in str(e)
+    assert len(str(e)) < 500 and str(e).startswith("train.kkk") and "..." in str(e)
     e = refused(GOOD + 'train: {"a\\nb\\rc": 1}\n')
     assert "\n" not in str(e) and "\r" not in str(e) and "a\\nb\\rc" in e.path
+    for key in ["a\\e[31mred", "a\\u2028b", "a\\0b\\vc\\fd", "a\\x85b"]:  # escapes, separators, NUL, VT, FF, NEL
+        line = str(refused(GOOD + f'train: {{"{key}": 1}}\n'))
+        assert line.isprintable() and len(line.splitlines()) == 1, repr(line)
     e = refused(GOOD + "train: {dataset: '" + "d" * 3000 + "'}\n")
     assert len(str(e)) < 400 and e.path == "train.dataset"
     e = refused(GOOD + "train: {lr: [" + ", ".join(["1"] * 20000) + "]}\n")
