@@ -15,6 +15,7 @@ Splits are stratified (every class keeps its share) and seeded:
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -103,6 +104,35 @@ def load_dataset(config: TrainConfig, image_size: int | None = None) -> Dataset:
     """
     size = image_size if image_size is not None else config.image_size
     intrinsic = size if config.dataset in ("imagefolder", "synthetic") else None  # these are made at a size
+    if config.dataset == "synthetic":
+        check_fits(config.synthetic_samples, config.synthetic_channels, size or 32, "train.synthetic_samples")
+    try:
+        return _split_and_resize(config, size, intrinsic)
+    except (MemoryError, RuntimeError) as e:
+        from runners.train import is_oom
+
+        if not is_oom(e):
+            raise
+        raise SpecError("train.image_size", f"the {config.dataset} images at {size or 'native'} size do not fit in "
+                                            f"memory ({str(e).splitlines()[0][:120]}); use a smaller image_size or "
+                                            f"fewer images") from None
+
+
+def check_fits(images: int, channels: int, size: int, path: str) -> None:
+    """Refuse data that cannot fit: ``images`` uint8 images of channels x size x size against half this
+    machine's memory (the rest is for the model, its activations and a resized copy)."""
+    need = images * channels * size * size
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return
+    if need > memory // 2:
+        raise SpecError(path, f"{images:,} images of {channels}x{size}x{size} need {need / 2**30:,.1f} GiB, more than "
+                              f"half of this machine's {memory / 2**30:,.0f} GiB; use a smaller image_size or fewer "
+                              f"images")
+
+
+def _split_and_resize(config: TrainConfig, size: int | None, intrinsic: int | None) -> Dataset:
     source = _load_source(config.dataset, _dir_key(config), intrinsic, config.synthetic_samples,
                           config.synthetic_classes, config.synthetic_channels)
     pool_x, pool_y = source.train_x, source.train_y
@@ -123,6 +153,7 @@ def load_dataset(config: TrainConfig, image_size: int | None = None) -> Dataset:
         raise SpecError("train.dataset", f"{config.dataset} has {len(pool_y)} training images, too few to hold out a "
                         f"validation split of {config.val_fraction} and train on {config.train_fraction} of the rest")
     size = size or int(pool_x.shape[-1])
+    check_fits(len(train_rows) + len(val_rows) + len(test_y), int(pool_x.shape[1]), size, "train.image_size")
     train_x, val_x, test_x = (resize(x, size) for x in (pool_x[train_rows], pool_x[val_rows], test_x))
     mean, std = channel_stats(train_x)
     return Dataset(

@@ -131,6 +131,9 @@ def short_reason(e: Exception) -> str:
     return _fmt(str(e).splitlines()[0] if str(e) else type(e).__name__).strip("'")
 
 
+MAX_WARM_STARTS = 200
+
+
 def check_search(search: SearchConfig, path: str = "search") -> None:
     """What ``search run`` refuses before it starts, checked when a spec loads and again after the command-line
     overrides, so ``search validate`` accepts exactly what ``search run`` accepts: objectives named once each, a
@@ -147,6 +150,9 @@ def check_search(search: SearchConfig, path: str = "search") -> None:
         where = "the default SQLite file" if search.storage is None else _fmt(search.storage)
         raise SpecError(f"{path}.workers", f"{search.workers} workers cannot share {where} (SQLite's file lock does "
                                            f"not suit several writers); set storage to journal:FILE or an RDB URL")
+    if len(search.warm_start) > MAX_WARM_STARTS:  # each is a file read and checked before the search starts
+        raise SpecError(f"{path}.warm_start", f"{len(search.warm_start):,} files; at most {MAX_WARM_STARTS} warm "
+                                              f"starts (they are tried before the sampler's own trials)")
     for i, warm in enumerate(search.warm_start):
         if not Path(warm).is_file():
             raise SpecError(f"{path}.warm_start.{i}", f"{_fmt(str(warm))}: no such file")

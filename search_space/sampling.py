@@ -144,11 +144,10 @@ def sample(spec: Spec, suggest: Suggest, check: bool = True) -> Spec:
     out = dataclasses.replace(spec, model=sample_model(spec.model, suggest),
                               train=resolve_dataclass(spec.train, "train.", suggest))
     if check:
-        from .cost import architecture_cost
-        from .spec import check_limits
+        from .spec import check_architecture_limits
 
         try:
-            check_limits(architecture_cost(out.model))
+            check_architecture_limits(out)
         except SpecError as e:
             raise InfeasibleSample(e.path, e.message) from None
     return out

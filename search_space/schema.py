@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 
+MAX_GRID_POINTS = 1e12  # a stepped float range: more points than this are no grid (and overflow sampling)
 MAX_LINE = 1000  # an error is one line; a message longer than this is cut (values are cut far sooner by short())
 MAX_STRING = 4096  # any string value of a spec (paths, URLs, names): PATH_MAX on Linux
 
@@ -182,6 +183,9 @@ def parse_choice(raw: dict, path: str, check_value, tp=None) -> Choice:
         raise SpecError(f"{path}.step", f"{_fmt(step)} must be a positive finite number")
     if log and step is not None:
         raise SpecError(f"{path}.step", "step cannot be combined with log")
+    if step is not None and not (high - low) / step <= MAX_GRID_POINTS:  # also an overflow to inf
+        raise SpecError(f"{path}.step", f"{_fmt(step)} makes more than {MAX_GRID_POINTS:.0e} grid points between "
+                                        f"{_fmt(low)} and {_fmt(high)}; use a larger step, or none")
     return FloatRange(float(low), float(high), None if step is None else float(step), log)
 
 

@@ -357,7 +357,18 @@ def check_limits(cost, path: str = "model") -> None:
     for what, value, limit in (("parameters", cost.params, MAX_PARAMS), ("MACs per image", cost.macs, MAX_MACS)):
         if value > limit:
             raise SpecError(path, f"{value:,} {what} is more than the {limit:,} a spec may describe; use smaller "
-                                  f"widths, depths, input_size or expansion")
+                                  f"widths, depths, input_size, image_size or expansion")
+
+
+def check_architecture_limits(spec: Spec) -> None:
+    """:func:`check_limits` for a fixed spec, at its input size and at the size it trains at (train.image_size),
+    which may be far larger."""
+    from .cost import architecture_cost
+
+    check_limits(architecture_cost(spec.model))
+    size = spec.train.image_size
+    if isinstance(size, int) and size != spec.model.input_size:
+        check_limits(architecture_cost(spec.model, input_size=size), "train.image_size")
 
 
 def parse_spec(data: Any, source: str = "spec") -> Spec:
@@ -374,8 +385,7 @@ def parse_spec(data: Any, source: str = "spec") -> Spec:
             "search": parse_search,
         })
         if spec.is_fixed():
-            from .cost import architecture_cost
-            check_limits(architecture_cost(spec.model))  # raises SpecError naming the field of an impossible combination
+            check_architecture_limits(spec)  # raises SpecError naming the field of an impossible combination
     except SpecError as e:
         raise _in_file(e, data) from None
     return spec

@@ -575,3 +575,41 @@ def test_train_and_search_flags_keep_their_field_limits():
         apply_overrides(spec, argparse.Namespace(epochs=10**9))
     assert info.value.path == "--epochs"
     assert TrainConfig().seed == 0 and SearchConfig().seed == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Limits found in review: training size, data size, grids, warm-start lists
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_the_size_caps_hold_at_the_training_image_size():
+    """MAX_MACS is checked where the model trains (train.image_size), not only at model.input_size."""
+    text = HEAD + ("model:\n  input_size: 8\n  stem: {type: cifar, width: 1024}\n  stages:\n"
+                   "    - {depth: 8, width: 2048, block: {type: plain, bottleneck_ratio: 0.25}}\n")
+    assert load_spec(text).model.input_size == 8  # fine at its input size
+    e = refused(text + "train: {image_size: 1024}\n")
+    assert e.path == "train.image_size" and "MACs per image" in e.message, str(e)
+
+
+def test_data_that_cannot_fit_in_memory_is_refused_with_one_line(cli, tmp_path):
+    spec = write(tmp_path, GOOD.replace("input_size: 16", "input_size: 1024") +
+                 "train: {dataset: synthetic, synthetic_samples: 1000000, synthetic_channels: 3, epochs: 1}\n")
+    for command in (("train", spec, "--out", tmp_path / "t", "--device", "cpu"),
+                    ("run", spec, "--out", tmp_path / "r", "--device", "cpu")):
+        line = one_line(cli(*command))
+        assert "error: train.synthetic_samples: 1,000,000 images of 3x1024x1024 need" in line, line
+        assert "GiB" in line
+
+
+def test_a_stepped_float_range_with_too_many_points_is_refused():
+    e = refused(GOOD + "train: {lr: {float: [0.0, 1.0e300], step: 1.0e-300}}\n")
+    assert e.path == "train.lr.step" and "grid points" in e.message, str(e)
+    assert load_spec(GOOD + "train: {lr: {float: [0.0, 0.5], step: 0.01}}\n").train.lr.step == 0.01
+
+
+def test_a_warm_start_list_has_a_length_limit(tmp_path):
+    from search_space.config import MAX_WARM_STARTS
+
+    write(tmp_path, GOOD, "arch.yaml")
+    many = write(tmp_path, GOOD + f"search: {{warm_start: [{', '.join(['arch.yaml'] * (MAX_WARM_STARTS + 1))}]}}\n")
+    e = refused_path(many)
+    assert e.path == "search.warm_start" and f"at most {MAX_WARM_STARTS}" in e.message, str(e)
