@@ -558,6 +558,21 @@ def test_postgres_urls_get_psycopg3_and_passwords_are_masked(tmp_path):
         storage_url(SearchConfig(storage="sqlite:///:memory:"), tmp_path)
 
 
+def test_a_missing_postgres_driver_is_named_with_its_install_command(tmp_path, monkeypatch):
+    """Without psycopg installed, a postgresql:// storage stops with one line naming the driver and the pip
+    command, not SQLAlchemy's ModuleNotFoundError (and without the password)."""
+    import sys
+
+    from runners.storage import open_storage
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # an import of it now raises ImportError, as if absent
+    with pytest.raises(SpecError) as info:
+        open_storage("postgresql+psycopg://nas:secret@127.0.0.1:1/nas")
+    line = str(info.value)
+    assert line.startswith("search.storage: postgresql+psycopg needs the psycopg 3 driver, which is not installed")
+    assert "pip install 'psycopg[binary]'" in line and "secret" not in line and "\n" not in line
+
+
 def test_a_closed_postgres_port_gives_one_line_without_the_password(tmp_path, cli):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
