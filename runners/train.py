@@ -463,42 +463,23 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
 
 
 def cpu_threads(workers: int = 1) -> int:
-    """Torch threads per worker on the CPU: the cores other processes leave idle, at least one.
+    """Torch threads per worker on the CPU: the cores other processes leave idle (by the 1-minute load average),
+    at least one.
 
-    Proxy models are small, so extra threads gain little on an idle machine (about 1.5x from 2 cores) while on a
+    Proxy models are small, so extra threads gain little on an idle machine (about 1.6x from 2 cores) while on a
     busy one OpenMP's spinning threads stall each other: 2 threads on 2 loaded cores measured 5-10x slower
-    than 1.
+    than 1. The load average lags: a run started just after another one ended gets fewer threads, and processes
+    started together on an idle machine each take every core (pass ``--threads``, or use ``--workers N``, which
+    divides the cores). A CPU-time sample taken at start was tried and is no better: it oversubscribes whenever
+    processes start together, which the load average at least avoids on a machine already busy.
     """
     cores = os.cpu_count() or 1
     share = max(1, cores // workers)
-    busy = busy_cores()
-    if busy is None:
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
         return share
     return max(1, min(share, int(cores - busy + 0.5) // workers))
-
-
-def busy_cores(window_s: float = 0.3) -> Optional[float]:
-    """How many cores other processes keep busy now: CPU time measured over a short window from /proc/stat
-    (Linux), else the 1-minute load average. The load average alone lags: a process that ended seconds ago
-    still counts as a busy core for a minute, which would halve the threads of the next run on an idle machine."""
-    def sample():
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields), idle
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(window_s)
-        total1, idle1 = sample()
-        if total1 > total0:
-            return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / (total1 - total0))
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None
 
 
 def resolve_device(choice: torch.device | str | None = "auto") -> torch.device:

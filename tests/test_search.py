@@ -319,7 +319,8 @@ def test_sigkill_loses_no_completed_trial_and_rerun_retries_the_lost_one(tmp_pat
 
 def test_two_workers_share_one_journal_study(tmp_path):
     path, out = write_space(tmp_path, search__trials=8, train__epochs=6), tmp_path / "run"
-    args = command(path, out, "--storage", f"journal:{tmp_path / 'journal.log'}")
+    # one thread each: two processes started together on an idle machine would otherwise both take every core
+    args = command(path, out, "--storage", f"journal:{tmp_path / 'journal.log'}", "--threads", "1")
     procs = [subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     results = [p.communicate(timeout=180) for p in procs]

@@ -340,32 +340,6 @@ def test_search_train_exits_1_when_training_fails(tmp_path, cli):
     assert not (tmp_path / "run" / "weights.pt").exists()
 
 
-def test_busy_cores_sees_a_spinning_process_now_and_falls_back_to_the_load_average(monkeypatch):
-    """Threads follow the CPU time used now, not the 1-minute load average that lags a finished run."""
-    import builtins
-    import os
-    import subprocess
-    import sys
-
-    from runners.train import busy_cores, cpu_threads
-
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        import time
-
-        time.sleep(0.3)
-        assert busy_cores(0.5) >= 0.6
-        assert cpu_threads() <= max(1, (os.cpu_count() or 1) - 0.5)
-    finally:
-        spinner.kill()
-        spinner.wait()
-    real_open = builtins.open
-    monkeypatch.setattr(builtins, "open", lambda path, *a, **k: (_ for _ in ()).throw(OSError("no /proc"))
-                        if path == "/proc/stat" else real_open(path, *a, **k))
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.25, 0.0, 0.0))
-    assert busy_cores() == 1.25
-
-
 def test_rung_ema_scores_the_averaged_weights_before_the_last_epoch_and_leaves_training_unchanged(digits):
     """train.rung_ema_epochs adds rung_accuracy (an EMA of the weights, scored on validation) to every epoch but
     the last; the trained weights, and so every val_accuracy, are exactly those of a run without it."""
