@@ -71,10 +71,26 @@ def cmd_run(args) -> int:
 
             summary = run_search(spec, out, spec_path=str(args.space), threads=args.threads)
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (runners.signals.Interrupted): 128 + the signal
+        ignore_further_stops()
         print(f"interrupted{f' by {e}' if str(e).startswith('SIG') else ''}; rerun the same command to resume "
               f"(finished trials are kept in {out})", file=sys.stderr)
         return getattr(e, "exit_code", 130)
     return 0 if summary.get("best_trial") is not None else 1
+
+
+def ignore_further_stops() -> None:
+    """The command is exiting after a stop: a late second Ctrl-C or SIGTERM is ignored from here on. Python resets
+    its own handlers to the default while it shuts down, so such a signal would otherwise kill the process (exit
+    -2) instead of letting it exit with 128 + the signal. CLI only: a library caller keeps its handlers."""
+    import signal
+
+    from .signals import HANDLED
+
+    for s in HANDLED:
+        try:
+            signal.signal(s, signal.SIG_IGN)
+        except (ValueError, OSError):  # not the main thread
+            return
 
 
 def cmd_show(args) -> int:
