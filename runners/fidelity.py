@@ -163,6 +163,7 @@ class Audit:
 
     def _train(self, r: Run, head: str) -> dict:
         from .train import train
+        from .trial import write_json
 
         arch = self.models[r.model]
         config = dataclasses.replace(arch.train, epochs=r.epochs)
@@ -180,10 +181,7 @@ class Audit:
                   "reason": result.reason, "val_accuracy": result.val_accuracy, "seconds": result.seconds,
                   "lr": config.lr, "history": [h["val_accuracy"] for h in result.history],
                   "rung_history": [h.get("rung_accuracy") for h in result.history]}
-        path = self._path(r)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(fidelity_stats.finite(record), indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)  # atomic: a kill never leaves half a record that would count as done
+        write_json(self._path(r), fidelity_stats.finite(record))  # atomic: a kill never leaves half a record
         return record
 
     def _claim(self, r: Run) -> Optional[int]:
@@ -211,7 +209,9 @@ class Audit:
     def _write_settings(self) -> None:
         settings = {"space": self.spec.name, "n": self.n, "factor": self.factor, "seeds": self.seeds,
                     "proxy_epochs": self.spec.train.epochs, "sample_seed": self.spec.search.seed}
-        (self.out / "audit.json").write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+        from .trial import write_json
+
+        write_json(self.out / "audit.json", settings)
 
     # ------------------------------------------------------------------------------------------------------------
 
@@ -237,17 +237,17 @@ class Audit:
         return acc if record["status"] == "ok" and acc is not None and math.isfinite(acc) else self.chance
 
     def _acc_at(self, record: dict, epoch: int) -> float:
-        history = record.get("history") or []
-        value = history[epoch - 1] if len(history) >= epoch else None
-        return value if value is not None and math.isfinite(value) else self.chance
+        value = _after(record.get("history"), epoch)
+        return self.chance if value is None else value
 
     def _rung_at(self, record: dict, epoch: int) -> float:
         """What a pruner reads after ``epoch``: the averaged weights' accuracy with train.rung_ema_epochs."""
-        rungs = record.get("rung_history") or []
-        value = rungs[epoch - 1] if len(rungs) >= epoch else None
-        return value if value is not None and math.isfinite(value) else self._acc_at(record, epoch)
+        value = _after(record.get("rung_history"), epoch)
+        return self._acc_at(record, epoch) if value is None else value
 
     def write_report(self) -> dict:
+        from .trial import write_json
+
         base = self.spec.train
         probe = self.data.get(dataclasses.replace(base, lr=0.1) if is_choice(base.lr) else base,
                               self._size(self.spec))
@@ -271,14 +271,18 @@ class Audit:
                                                                       for s in range(self.seeds)], k=self.top_k))
         report["models"] = rows
         report = fidelity_stats.finite(report)
-        tmp = self.out / f"fidelity.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(self.out / "fidelity.json")  # atomic: processes sharing the directory never mix their writes
+        write_json(self.out / "fidelity.json", report)  # atomic: processes sharing the directory never mix writes
         if len(rows) >= 3:
             png = self.out / f"fidelity.{os.getpid()}.png"
             plot(report, png)
             png.replace(self.out / "fidelity.png")
         return report
+
+
+def _after(values: Optional[list], epoch: int) -> Optional[float]:
+    """A per-epoch series' finite value after ``epoch`` (1-based), or None."""
+    value = values[epoch - 1] if values and len(values) >= epoch else None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def summary(report: dict) -> str:
