@@ -7,15 +7,18 @@
    sampled recipe) is then trained ``--factor`` times longer, a complete schedule, and *that* accuracy judges
    the search, not its own proxy score. The per-seed pairs are compared with the Wilcoxon signed-rank test
    (scipy), whose p-value is printed.
-2. **Several objectives** (``--multi-objective``; item 4): val_accuracy x params, the same number of trials with
-   and without pruning by non-dominated rank (``runners.mo_pruning``): the hypervolume of each search's Pareto
-   front (error and params / max params, reference point (1, 1)) and the epochs each spent.
+2. **Several objectives** (``--multi-objective``; item 4): val_accuracy x params, with and without pruning by
+   non-dominated rank (``runners.mo_pruning``), each search at the same ``--budget-epochs`` (the pruned one
+   starts more trials with the epochs it saves): the hypervolume of each search's Pareto front (error and
+   params / max params, reference point (1, 1)) at that budget, and the epochs the pruned search needed to reach
+   the unpruned search's final hypervolume. Pruning pays only when a pruned trial saves most of its epochs: use a
+   recipe several times longer than the first rung (``--epochs 12``; the rung is the first epoch after warmup).
 
     python benchmarks/search_efficiency.py --seeds 10 --budget-epochs 48 --factor 4
     # the same, split over two processes (one per core), resumable; either prints the summary of what is recorded
     python benchmarks/search_efficiency.py --seeds 5 --threads 1 --record so.jsonl &
     python benchmarks/search_efficiency.py --seeds 5 --first-seed 5 --threads 1 --record so.jsonl
-    python benchmarks/search_efficiency.py --multi-objective --seeds 5 --trials 16
+    python benchmarks/search_efficiency.py --multi-objective --epochs 12 --budget-epochs 96 --seeds 6
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import math
 import statistics
 import sys
 import tempfile
@@ -72,21 +76,25 @@ class Judge:
     """Trains a returned architecture with a complete schedule ``factor`` times longer; cached, since two searches
     often return the same architecture."""
 
-    def __init__(self, factor: int, seed: int = 0):
+    def __init__(self, factor: int, seeds: int = 1):
         from runners.trial import DataCache
 
-        self.factor, self.seed, self.data, self.cache = factor, seed, DataCache(), {}
+        self.factor, self.seeds, self.data, self.cache = factor, seeds, DataCache(), {}
 
     def __call__(self, arch) -> float:
+        """Mean validation accuracy over ``seeds`` trainings (init and augmentation seeds 0, 1, ...; one
+        validation split): each 12-epoch run alone is about 1 point noisy, most of the noise in a comparison."""
+        return statistics.mean(self.one(arch, seed) for seed in range(self.seeds)) if arch else float("nan")
+
+    def one(self, arch, k: int) -> float:
         from runners.train import train
 
-        if arch is None:
-            return float("nan")
-        config = dataclasses.replace(arch.train, epochs=arch.train.epochs * self.factor, seed=self.seed)
-        key = dump_spec(dataclasses.replace(arch, name="judged", train=config))
+        config = dataclasses.replace(arch.train, epochs=arch.train.epochs * self.factor)
+        key = (dump_spec(dataclasses.replace(arch, name="judged", train=config)), k)
         if key not in self.cache:
             size = config.image_size or arch.model.input_size
-            result = train(arch.model, config, data=self.data.get(config, size), image_size=size)
+            data = self.data.get(config, size)  # the split follows the recipe's seed; others change init/augmentation
+            result = train(arch.model, dataclasses.replace(config, seed=config.seed + k), data=data, image_size=size)
             self.cache[key] = result.val_accuracy if result.ok else 0.0
         return self.cache[key]
 
@@ -94,22 +102,23 @@ class Judge:
 def single_objective(spec, args, tmp: Path) -> None:
     methods = {f"default ({spec.search.sampler}+{spec.search.pruner})": (spec.search.sampler, spec.search.pruner),
                "random, no pruning": ("random", "none")}
-    judge = Judge(args.factor)
-    done = read_record(args.record)
+    judge = Judge(args.factor, args.judge_seeds)
+    done = {key: row for key, row in read_record(args.record).items()  # a record may hold other judging
+            if row.get("judge_seeds", 1) == args.judge_seeds}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for i, (method, (sampler, pruner)) in enumerate(methods.items()):
             if (method, seed) in done:
                 continue  # recorded by an earlier or a parallel run of this script
             r = search_once(spec, sampler, pruner, seed, args.budget_epochs, tmp / f"so-{i}-{seed}", args.verbose)
             r["judged"] = judge(r["arch"])
-            row = {"method": method, "seed": seed, **{k: r[k] for k in ("proxy", "judged", "epochs", "trials",
-                                                                          "full", "seconds")}}
+            row = {"method": method, "seed": seed, "judge_seeds": args.judge_seeds,
+                   **{k: r[k] for k in ("proxy", "judged", "epochs", "trials", "full", "seconds")}}
             done[(method, seed)] = row
             append_record(args.record, row)
             print(f"seed {seed:>2}  {method:<26} proxy {r['proxy']:.4f}  {args.factor}x-trained {r['judged']:.4f}  "
                   f"epochs {r['epochs']:>3}  trials {r['trials']:>3} ({r['full']} full)  {r['seconds']:.0f}s",
                   flush=True)
-    print_single_objective(list(methods), done, args.factor)
+    print_single_objective(list(methods), done, args.factor, args.judge_seeds)
 
 
 def read_record(path) -> dict:
@@ -130,14 +139,15 @@ def append_record(path, row: dict) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def print_single_objective(methods: list[str], done: dict, factor: int) -> None:
+def print_single_objective(methods: list[str], done: dict, factor: int, judge_seeds: int = 1) -> None:
     """Seeds that both methods finished, compared pair by pair."""
     seeds = sorted({s for (_, s) in done if all((m, s) in done for m in methods)})
     rows = {m: [done[(m, s)] for s in seeds] for m in methods}
     if not seeds:
         print("no seed has results for both methods yet")
         return
-    print(f"\n{factor}x-trained accuracy of the architecture each search returns ({len(seeds)} seeds):")
+    each = f", mean of {judge_seeds} trainings" if judge_seeds > 1 else ""
+    print(f"\n{factor}x-trained accuracy of the architecture each search returns ({len(seeds)} seeds{each}):")
     print(f"{'method':<27} {'mean +- sd':<20}proxy   epochs  trials")
     for method, rs in rows.items():
         judged = [r["judged"] for r in rs]
@@ -156,6 +166,10 @@ def print_single_objective(methods: list[str], done: dict, factor: int) -> None:
         one = wilcoxon(a, b, zero_method="zsplit", alternative="greater").pvalue
         print(f"Wilcoxon signed-rank (paired by seed): two-sided p = {two:.4f}, one-sided (default better) p = "
               f"{one:.4f}")
+        sd = statistics.stdev(diffs)
+        need = [(d, math.ceil(((1.96 + 0.84) * sd / d) ** 2)) for d in (0.005, 0.01, 0.02)]
+        print(f"sd of the paired differences {sd:.4f}: seeds needed to detect a true difference of "
+              + ", ".join(f"{d:.3f} ({n})" for d, n in need) + " (80% power, 5% two-sided, normal approximation)")
 
 
 def hypervolume_2d(points: list[tuple[float, float]], reference: tuple[float, float] = (1.0, 1.0)) -> float:
@@ -168,15 +182,30 @@ def hypervolume_2d(points: list[tuple[float, float]], reference: tuple[float, fl
     return area
 
 
-def multi_objective_once(spec, pruner: str, seed: int, trials: int, out: Path, verbose: bool) -> dict:
-    run, study = open_search(spec, spec.search.sampler, pruner, seed, out, verbose, trials=trials,
-                             objectives=["val_accuracy", "params"])
-    start = time.perf_counter()
-    run.run_trials()
-    limit = spec.search.max_params or max((t.values[1] for t in study.best_trials), default=1.0)
-    front = [(1.0 - t.values[0], t.values[1] / limit) for t in study.best_trials]
-    return {"hypervolume": hypervolume_2d(front), "epochs": epochs_spent(study), "front": len(front),
-            "seconds": time.perf_counter() - start}
+def front_hypervolume(study, limit: float) -> float:
+    """Hypervolume of the completed trials' Pareto front: (error, params / limit), reference point (1, 1)."""
+    return hypervolume_2d([(1.0 - t.values[0], t.values[1] / limit) for t in study.best_trials])
+
+
+def multi_objective_once(spec, pruner: str, seed: int, budget: int, out: Path, verbose: bool) -> dict:
+    """One val_accuracy x params search at an epoch budget; the hypervolume after every trial is kept, so the
+    epochs a search needed to reach a given hypervolume can be read off."""
+    from runners.optuna_engine import startup_trials
+
+    run, study = open_search(spec, spec.search.sampler, pruner, seed, out, verbose, trials=10**6,
+                             startup_trials=startup_trials(spec.search), objectives=["val_accuracy", "params"])
+    limit = spec.search.max_params or 1e6
+    start, trajectory = time.perf_counter(), []
+    while epochs_spent(study) < budget:
+        run.run_one()
+        trajectory.append((epochs_spent(study), front_hypervolume(study, limit)))
+    return {"hypervolume": trajectory[-1][1], "epochs": trajectory[-1][0], "trials": len(study.trials),
+            "front": len(study.best_trials), "trajectory": trajectory, "seconds": time.perf_counter() - start}
+
+
+def epochs_to_reach(trajectory: list, target: float) -> float | None:
+    """Epochs a search had spent when its hypervolume first reached ``target`` (None: never)."""
+    return next((epochs for epochs, hv in trajectory if hv >= target - 1e-12), None)
 
 
 def multi_objective(spec, args, tmp: Path) -> None:
@@ -186,34 +215,54 @@ def multi_objective(spec, args, tmp: Path) -> None:
         for i, (method, pruner) in enumerate(methods.items()):
             if (method, seed) in done:
                 continue
-            r = multi_objective_once(spec, pruner, seed, args.trials, tmp / f"mo-{i}-{seed}", args.verbose)
+            r = multi_objective_once(spec, pruner, seed, args.budget_epochs, tmp / f"mo-{i}-{seed}", args.verbose)
             row = {"method": method, "seed": seed, **r}
             done[(method, seed)] = row
             append_record(args.record, row)
             print(f"seed {seed:>2}  {method:<28} hypervolume {r['hypervolume']:.4f}  epochs {r['epochs']:>3}  "
-                  f"front {r['front']:>2}  {r['seconds']:.0f}s", flush=True)
+                  f"trials {r['trials']:>3}  front {r['front']:>2}  {r['seconds']:.0f}s", flush=True)
+    print_multi_objective(list(methods), done, spec, args.budget_epochs)
+
+
+def print_multi_objective(methods: list[str], done: dict, spec, budget: int) -> None:
     seeds = sorted({s for (_, s) in done if all((m, s) in done for m in methods)})
     if not seeds:
         print("no seed has results for both methods yet")
         return
-    print(f"\n{spec.search.sampler}, {args.trials} trials, val_accuracy x params, {len(seeds)} seeds:")
-    print(f"{'method':<30} {'hypervolume (mean +- sd)':<27}{'epochs (mean)':<15}hypervolume per 100 epochs")
+    print(f"\n{spec.search.sampler}, val_accuracy x params, {budget} epochs per search, {spec.train.epochs} epochs "
+          f"per full trial, {len(seeds)} seeds:")
+    print(f"{'method':<30} {'hypervolume (mean +- sd)':<27}{'epochs':<9}{'trials':<9}hypervolume per 100 epochs")
     for method in methods:
         rs = [done[(method, s)] for s in seeds]
         hv = [r["hypervolume"] for r in rs]
         sd = statistics.stdev(hv) if len(hv) > 1 else 0.0
         epochs = statistics.mean(r["epochs"] for r in rs)
-        print(f"{method:<30} {statistics.mean(hv):.4f} +- {sd:.4f}{'':<10}{epochs:<15.1f}"
-              f"{100 * statistics.mean(hv) / epochs:.4f}")
+        print(f"{method:<30} {statistics.mean(hv):.4f} +- {sd:.4f}{'':<10}{epochs:<9.1f}"
+              f"{statistics.mean(r['trials'] for r in rs):<9.1f}{100 * statistics.mean(hv) / epochs:.4f}")
     a, b = ([done[(m, s)]["hypervolume"] for s in seeds] for m in methods)
     diffs = [y - x for x, y in zip(a, b)]
-    spent = [sum(done[(m, s)]["epochs"] for s in seeds) for m in methods]
-    print(f"pruned - unpruned hypervolume: mean {statistics.mean(diffs):+.4f}; epochs saved {1 - spent[1] / spent[0]:.0%}")
+    wins = sum(d > 1e-12 for d in diffs)
+    print(f"pruned - unpruned hypervolume at the same budget: mean {statistics.mean(diffs):+.4f}; pruned higher in "
+          f"{wins} of {len(seeds)} seeds, equal in {sum(abs(d) <= 1e-12 for d in diffs)}")
     if any(diffs) and len(diffs) >= 2:
         from scipy.stats import wilcoxon
 
         print(f"Wilcoxon signed-rank on hypervolume (paired by seed): two-sided p = "
               f"{wilcoxon(a, b, zero_method='zsplit').pvalue:.4f}")
+    # the same hypervolume with fewer epochs: when did the pruned search reach the unpruned one's final value?
+    needed = []
+    for s in seeds:
+        base, pruned = done[(methods[0], s)], done[(methods[1], s)]
+        if "trajectory" in pruned:
+            needed.append((epochs_to_reach(pruned["trajectory"], base["hypervolume"]), base["epochs"]))
+    if needed:
+        reached = [(e, full) for e, full in needed if e is not None]
+        line = ", ".join(f"{e if e is not None else 'not reached'}/{full}" for e, full in needed)
+        print(f"epochs the pruned search needed to reach the unpruned search's final hypervolume (per seed, of the "
+              f"unpruned search's epochs): {line}")
+        if reached:
+            print(f"reached in {len(reached)} of {len(needed)} seeds, with {statistics.mean(e / f for e, f in reached):.0%}"
+                  f" of the epochs on average (median {statistics.median(e / f for e, f in reached):.0%})")
 
 
 def main(argv=None) -> int:
@@ -227,9 +276,10 @@ def main(argv=None) -> int:
     p.add_argument("--budget-epochs", type=int, default=48, help="training epochs each search may spend")
     p.add_argument("--factor", type=int, default=4, help="the returned architecture is judged after a complete "
                                                         "schedule this many times the proxy's (default 4)")
+    p.add_argument("--judge-seeds", type=int, default=1, help="trainings (init and augmentation seeds) averaged to "
+                                                               "judge a returned architecture (default 1)")
     p.add_argument("--multi-objective", action="store_true", help="compare pruning by non-dominated rank against "
                                                                   "none on val_accuracy x params instead")
-    p.add_argument("--trials", type=int, default=16, help="--multi-objective: trials per search (default 16)")
     p.add_argument("--epochs", type=int, help="epochs per full trial (default: the space's train.epochs)")
     p.add_argument("--dataset", help="dataset (default: the space's train.dataset)")
     p.add_argument("--threads", type=int, help="torch threads (default: the idle cores, as search run does)")
@@ -241,8 +291,7 @@ def main(argv=None) -> int:
     spec = load_spec(args.space)
     changes = {k: v for k, v in (("epochs", args.epochs), ("dataset", args.dataset)) if v}
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **changes))
-    what = f"{args.trials} trials per search" if args.multi_objective else \
-        f"{args.budget_epochs} epochs per search, judged after {args.factor}x"
+    what = f"{args.budget_epochs} epochs per search" + ("" if args.multi_objective else f", judged after {args.factor}x")
     print(f"{spec.name} on {spec.train.dataset}: {what}, {spec.train.epochs} epochs per full trial, {args.seeds} "
           f"seeds, {torch.get_num_threads()} thread(s)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -45,7 +45,7 @@ STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialSta
           TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
 TELL = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 WAIT_S = 2.0  # how often a process with nothing left to start looks at the trials running elsewhere
-MO_REDUCTION_FACTOR = 3  # several objectives: a third of the trials at a rung continue (as Hyperband, eta 3)
+MO_REDUCTION_FACTOR = 3  # several objectives: a third of the trials at the rung continue (as Hyperband, eta 3)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -143,12 +143,16 @@ def make_pruner(search: SearchConfig, epochs: int, objectives: list[str],
 
 
 def mo_rungs(search: SearchConfig, epochs: int, objectives: list[str], first_epoch: int = 1) -> list[int]:
-    """Rung epochs of multi-objective successive halving (none for one objective or without a pruner)."""
+    """Rung epochs of multi-objective successive halving (none for one objective or without a pruner).
+
+    One cut only, at the first epoch after warmup (or ``pruner_min_epochs``): a Pareto front needs survivors,
+    and a second cut keeps a ninth of the trials. Replayed on the fidelity audit's training curves, a second rung
+    lost front members (benchmarks/README.md, "Pruning for several objectives")."""
     from runners.mo_pruning import rungs
 
     if len(objectives) < 2 or "val_accuracy" not in objectives or search.pruner == "none":
         return []
-    return rungs(min(max(search.pruner_min_epochs, first_epoch), epochs), epochs, MO_REDUCTION_FACTOR)
+    return rungs(min(max(search.pruner_min_epochs, first_epoch), epochs), epochs, MO_REDUCTION_FACTOR)[:1]
 
 
 def max_epochs(spec: Spec) -> int:

@@ -64,6 +64,19 @@ def test_rungs():
         should_stop((0,), [], eta=1)
 
 
+def test_several_objectives_are_cut_once_at_the_first_epoch_after_warmup():
+    """A second rung keeps a ninth of the trials, too few for a front: the engines cut once."""
+    from runners.optuna_engine import mo_rungs
+    from search_space.config import SearchConfig
+
+    two = ["val_accuracy", "params"]
+    assert mo_rungs(SearchConfig(pruner="successive_halving"), 12, two, first_epoch=2) == [2]
+    assert mo_rungs(SearchConfig(pruner="hyperband", pruner_min_epochs=3), 12, two, first_epoch=2) == [3]
+    assert mo_rungs(SearchConfig(pruner="hyperband"), 2, two, first_epoch=2) == []  # the last epoch is no rung
+    assert mo_rungs(SearchConfig(pruner="none"), 12, two) == []
+    assert mo_rungs(SearchConfig(pruner="hyperband"), 12, ["val_accuracy"]) == []
+
+
 TINY = """
 name: tiny
 model:
