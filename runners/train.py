@@ -14,6 +14,7 @@ callbacks (``optuna.TrialPruned`` for example) propagate unchanged.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import math
@@ -23,7 +24,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -218,7 +219,8 @@ def _fit(state: _State, arch_or_model, config: TrainConfig, data: Dataset, devic
     n = len(data.train_y)
     batch = min(config.batch_size, n)
     steps = n // batch  # the incomplete last batch is dropped: uniform shapes suit cudnn and compile
-    schedule = LRSchedule(config.lr, config.schedule, round(config.warmup_epochs * steps), config.epochs * steps)
+    schedule = LRSchedule(config.lr, config.schedule, round(config.warmup_epochs * steps), config.epochs * steps,
+                          restarts=[e * steps for e in config.restart_epochs])
     budget = config.time_budget
     last_tick = time.perf_counter()
     global_step = 0
@@ -424,13 +426,24 @@ def default_padding(size: int) -> int:
 
 class LRSchedule:
     """Linear warmup to ``peak`` over ``warmup`` steps, then ``cosine`` to zero, ``onecycle`` (linear to zero:
-    with the warmup, the one-cycle triangle) or ``constant``; evaluated per step."""
+    with the warmup, the one-cycle triangle) or ``constant``; evaluated per step.
 
-    def __init__(self, peak: float, kind: str, warmup: int, total: int):
+    ``restarts`` (steps, train.restart_epochs) cut the run into cycles, each a complete schedule of its own
+    (SGDR): the first cycle is exactly the schedule of a run that ends at the first restart, so a pruner's rung
+    there reads what a complete short run would reach."""
+
+    def __init__(self, peak: float, kind: str, warmup: int, total: int, restarts: Sequence[int] = ()):
         self.peak, self.kind, self.total = peak, kind, max(1, total)
         self.warmup = min(max(0, warmup), self.total)
+        self.starts = [0] + [r for r in restarts if 0 < r < self.total]
+        self.cycles = ([LRSchedule(peak, kind, warmup, end - start)
+                        for start, end in zip(self.starts, self.starts[1:] + [self.total])]
+                       if len(self.starts) > 1 else None)
 
     def __call__(self, step: int) -> float:
+        if self.cycles:
+            i = bisect.bisect_right(self.starts, step) - 1
+            return self.cycles[i](step - self.starts[i])
         if step < self.warmup:
             return self.peak * (step + 1) / self.warmup
         if self.kind == "constant":

@@ -40,6 +40,11 @@ class TrainConfig:
     schedule: Literal["cosine", "onecycle", "constant"] = field(
         "cosine", doc="per-step decay after warmup: cosine to zero, onecycle (linear to zero) or constant")
     warmup_epochs: float = field(1.0, min=0.0, max=100_000.0, doc="linear warmup length in epochs")
+    restart_epochs: list[int] = field(
+        default_factory=list, min=1, max=100_000, doc="pruning: epochs at which the schedule ends (decays to zero) "
+        "and starts again with its warmup, so a rung there reads a complete short schedule rather than a high-lr "
+        "snapshot of a long one; increasing; those at or past train.epochs are ignored, so a proxy and its longer "
+        "schedules can share the list", fixed=True)
     rung_ema_epochs: Optional[float] = field(
         None, min=0.01, max=100_000.0, doc="pruning: score every epoch but the last on an exponential moving average "
         "of the weights over about this many epochs (rung_accuracy, what pruners read; training is unchanged); "
@@ -132,6 +137,14 @@ def short_reason(e: Exception) -> str:
 
 
 MAX_WARM_STARTS = 200
+
+
+def check_train(train: TrainConfig, path: str = "train") -> None:
+    """What the field rules cannot say alone: restart epochs in increasing order."""
+    restarts = train.restart_epochs
+    if any(b <= a for a, b in zip(restarts, restarts[1:])):
+        raise SpecError(f"{path}.restart_epochs", f"{_fmt(restarts)} is not in increasing order; list each epoch "
+                                                  f"once, smallest first")
 
 
 def check_search(search: SearchConfig, path: str = "search") -> None:

@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .config import SearchConfig, TrainConfig, check_search
+from .config import SearchConfig, TrainConfig, check_search, check_train
 from .schema import (
     Categorical,
     SpecError,
@@ -413,6 +413,7 @@ def load_spec(source: str | Path) -> Spec:
         spec.search = dataclasses.replace(spec.search, warm_start=[
             os.path.abspath(Path(source).parent / p) if not Path(p).is_absolute() else p
             for p in spec.search.warm_start])
+    check_train(spec.train)
     check_search(spec.search)
     return spec
 

@@ -613,3 +613,13 @@ def test_a_warm_start_list_has_a_length_limit(tmp_path):
     many = write(tmp_path, GOOD + f"search: {{warm_start: [{', '.join(['arch.yaml'] * (MAX_WARM_STARTS + 1))}]}}\n")
     e = refused_path(many)
     assert e.path == "search.warm_start" and f"at most {MAX_WARM_STARTS}" in e.message, str(e)
+
+
+def test_restart_epochs_must_increase_and_may_not_be_a_choice():
+    e = refused(GOOD + "train: {epochs: 12, restart_epochs: [6, 3]}\n")
+    assert e.path == "train.restart_epochs" and "increasing order" in e.message, str(e)
+    e = refused(GOOD + "train: {restart_epochs: [0]}\n")
+    assert e.path == "train.restart_epochs.0" and "too small" in e.message, str(e)
+    e = refused(GOOD + "train: {restart_epochs: {choice: [[3], [6]]}}\n")
+    assert e.path.startswith("train.restart_epochs"), str(e)
+    assert load_spec(GOOD + "train: {epochs: 12, restart_epochs: [3, 20]}\n").train.restart_epochs == [3, 20]

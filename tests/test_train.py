@@ -258,6 +258,27 @@ def test_lr_schedules():
     assert LRSchedule(0.3, "constant", warmup=0, total=5)(4) == 0.3
 
 
+def test_restarts_make_each_cycle_a_complete_schedule():
+    """train.restart_epochs: the first cycle is step for step the schedule of the short run, the next cycle warms
+    up again and decays to zero at the end; a restart at or past the end changes nothing."""
+    short, long = LRSchedule(1.0, "cosine", 10, 30), LRSchedule(1.0, "cosine", 10, 120, restarts=[30])
+    assert [long(i) for i in range(30)] == [short(i) for i in range(30)]
+    second = LRSchedule(1.0, "cosine", 10, 90)
+    assert [long(30 + i) for i in range(90)] == [second(i) for i in range(90)] and long(119) < 0.001
+    plain = LRSchedule(1.0, "cosine", 10, 120)
+    assert [LRSchedule(1.0, "cosine", 10, 120, restarts=[120, 500])(i) for i in range(120)] == \
+        [plain(i) for i in range(120)]
+
+
+def test_a_rung_at_a_restart_reads_what_the_short_run_reaches(digits):
+    """Trained with restart_epochs [2], the accuracy after epoch 2 of a 4-epoch run equals a complete 2-epoch
+    run's (same seed), which is what makes the rung there rank like a complete short schedule."""
+    config = replace(FAST, restart_epochs=[2])
+    short = train(small_cnn(), replace(config, epochs=2), data=digits)
+    long = train(small_cnn(), replace(config, epochs=4), data=digits)
+    assert long.ok and long.history[1]["val_accuracy"] == short.val_accuracy and len(long.history) == 4
+
+
 def test_weight_decay_skips_norm_parameters_and_biases():
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
     opt = make_optimizer(model, TrainConfig(weight_decay=0.01))
