@@ -208,18 +208,37 @@ def epochs_to_reach(trajectory: list, target: float) -> float | None:
     return next((epochs for epochs, hv in trajectory if hv >= target - 1e-12), None)
 
 
+def pruned_spec(spec, rung: int | None, restart: bool):
+    """The pruned arm's spec and name: ``rung`` moves the cut (search.pruner_min_epochs); ``restart`` makes the
+    schedule restart there (train.restart_epochs), so the cut reads a complete short run. The unpruned arm keeps
+    the space's recipe: without a cut a restart buys nothing."""
+    name = "non-dominated-rank pruning"
+    if rung:
+        spec = dataclasses.replace(spec, search=dataclasses.replace(spec.search, pruner_min_epochs=rung))
+        name += f", rung {rung}"
+    if restart:
+        from runners.optuna_engine import mo_rungs, warmup_end
+
+        at = mo_rungs(dataclasses.replace(spec.search, pruner="successive_halving"), spec.train.epochs,
+                      ["val_accuracy", "params"], warmup_end(spec))
+        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, restart_epochs=at))
+        name += f", restart at {','.join(map(str, at))}"
+    return spec, name
+
+
 def multi_objective(spec, args, tmp: Path) -> None:
-    methods = {"no pruning": "none", "non-dominated-rank pruning": "successive_halving"}
+    pruned, name = pruned_spec(spec, args.rung, args.restart_at_rung)
+    methods = {"no pruning": ("none", spec), name: ("successive_halving", pruned)}
     done = read_record(args.record)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        for i, (method, pruner) in enumerate(methods.items()):
+        for i, (method, (pruner, arm)) in enumerate(methods.items()):
             if (method, seed) in done:
                 continue
-            r = multi_objective_once(spec, pruner, seed, args.budget_epochs, tmp / f"mo-{i}-{seed}", args.verbose)
+            r = multi_objective_once(arm, pruner, seed, args.budget_epochs, tmp / f"mo-{i}-{seed}", args.verbose)
             row = {"method": method, "seed": seed, **r}
             done[(method, seed)] = row
             append_record(args.record, row)
-            print(f"seed {seed:>2}  {method:<28} hypervolume {r['hypervolume']:.4f}  epochs {r['epochs']:>3}  "
+            print(f"seed {seed:>2}  {method:<{max(map(len, methods))}}  hypervolume {r['hypervolume']:.4f}  epochs {r['epochs']:>3}  "
                   f"trials {r['trials']:>3}  front {r['front']:>2}  {r['seconds']:.0f}s", flush=True)
     print_multi_objective(list(methods), done, spec, args.budget_epochs)
 
@@ -231,13 +250,14 @@ def print_multi_objective(methods: list[str], done: dict, spec, budget: int) -> 
         return
     print(f"\n{spec.search.sampler}, val_accuracy x params, {budget} epochs per search, {spec.train.epochs} epochs "
           f"per full trial, {len(seeds)} seeds:")
-    print(f"{'method':<30} {'hypervolume (mean +- sd)':<27}{'epochs':<9}{'trials':<9}hypervolume per 100 epochs")
+    w = max(30, max(map(len, methods)) + 2)
+    print(f"{'method':<{w}} {'hypervolume (mean +- sd)':<27}{'epochs':<9}{'trials':<9}hypervolume per 100 epochs")
     for method in methods:
         rs = [done[(method, s)] for s in seeds]
         hv = [r["hypervolume"] for r in rs]
         sd = statistics.stdev(hv) if len(hv) > 1 else 0.0
         epochs = statistics.mean(r["epochs"] for r in rs)
-        print(f"{method:<30} {statistics.mean(hv):.4f} +- {sd:.4f}{'':<10}{epochs:<9.1f}"
+        print(f"{method:<{w}} {statistics.mean(hv):.4f} +- {sd:.4f}{'':<10}{epochs:<9.1f}"
               f"{statistics.mean(r['trials'] for r in rs):<9.1f}{100 * statistics.mean(hv) / epochs:.4f}")
     a, b = ([done[(m, s)]["hypervolume"] for s in seeds] for m in methods)
     diffs = [y - x for x, y in zip(a, b)]
@@ -280,6 +300,10 @@ def main(argv=None) -> int:
                                                                "judge a returned architecture (default 1)")
     p.add_argument("--multi-objective", action="store_true", help="compare pruning by non-dominated rank against "
                                                                   "none on val_accuracy x params instead")
+    p.add_argument("--rung", type=int, help="--multi-objective: the pruned search cuts at this epoch (default: the "
+                                            "first after warmup)")
+    p.add_argument("--restart-at-rung", action="store_true", help="--multi-objective: the pruned search's schedule "
+                                                                  "restarts at the rung (train.restart_epochs)")
     p.add_argument("--epochs", type=int, help="epochs per full trial (default: the space's train.epochs)")
     p.add_argument("--dataset", help="dataset (default: the space's train.dataset)")
     p.add_argument("--threads", type=int, help="torch threads (default: the idle cores, as search run does)")
