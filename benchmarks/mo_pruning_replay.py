@@ -37,9 +37,11 @@ def load_curves(audit: Path) -> list[dict]:
     report = json.loads((audit / "fidelity.json").read_text(encoding="utf-8"))
     models = []
     for m in report["models"]:
-        curves = [json.loads(p.read_text(encoding="utf-8"))["history"]
-                  for p in sorted((audit / "models" / str(m["model"])).glob("long-e*-s*.json"))]
-        curves = [c for c in curves if c and all(v is not None for v in c)]
+        runs = [json.loads(p.read_text(encoding="utf-8"))
+                for p in sorted((audit / "models" / str(m["model"])).glob(f"long-e{report['long_epochs']}-s*.json"))]
+        curves = [r["history"] for r in runs  # a diverged or cut-short run has no full curve to replay
+                  if r.get("status") == "ok" and len(r.get("history") or []) == report["long_epochs"]
+                  and all(v is not None for v in r["history"])]
         if curves and m.get("params"):
             models.append({"params": m["params"], "curves": curves})
     if not models:

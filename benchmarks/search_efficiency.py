@@ -84,7 +84,9 @@ class Judge:
     def __call__(self, arch) -> float:
         """Mean validation accuracy over ``seeds`` trainings (init and augmentation seeds 0, 1, ...; one
         validation split): each 12-epoch run alone is about 1 point noisy, most of the noise in a comparison."""
-        return statistics.mean(self.one(arch, seed) for seed in range(self.seeds)) if arch else float("nan")
+        if arch is None:
+            return float("nan")
+        return statistics.mean(self.one(arch, seed) for seed in range(self.seeds))
 
     def one(self, arch, k: int) -> float:
         from runners.train import train
@@ -103,15 +105,16 @@ def single_objective(spec, args, tmp: Path) -> None:
     methods = {f"default ({spec.search.sampler}+{spec.search.pruner})": (spec.search.sampler, spec.search.pruner),
                "random, no pruning": ("random", "none")}
     judge = Judge(args.factor, args.judge_seeds)
-    done = {key: row for key, row in read_record(args.record).items()  # a record may hold other judging
-            if row.get("judge_seeds", 1) == args.judge_seeds}
+    done = read_record(args.record, judge_seeds=args.judge_seeds, budget=args.budget_epochs,
+                       epochs_per_trial=spec.train.epochs)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for i, (method, (sampler, pruner)) in enumerate(methods.items()):
             if (method, seed) in done:
                 continue  # recorded by an earlier or a parallel run of this script
             r = search_once(spec, sampler, pruner, seed, args.budget_epochs, tmp / f"so-{i}-{seed}", args.verbose)
             r["judged"] = judge(r["arch"])
-            row = {"method": method, "seed": seed, "judge_seeds": args.judge_seeds,
+            row = {"method": method, "seed": seed, "judge_seeds": args.judge_seeds, "budget": args.budget_epochs,
+                   "epochs_per_trial": spec.train.epochs,
                    **{k: r[k] for k in ("proxy", "judged", "epochs", "trials", "full", "seconds")}}
             done[(method, seed)] = row
             append_record(args.record, row)
@@ -121,14 +124,16 @@ def single_objective(spec, args, tmp: Path) -> None:
     print_single_objective(list(methods), done, args.factor, args.judge_seeds)
 
 
-def read_record(path) -> dict:
-    """Rows of earlier runs (``--record``): one JSON object per line, keyed by (method, seed)."""
+def read_record(path, **settings) -> dict:
+    """Rows of earlier runs (``--record``): one JSON object per line, keyed by (method, seed). Rows that name a
+    different value for one of ``settings`` (judge seeds, budget, epochs per trial) are runs of another
+    comparison and are skipped; a row without the key predates it and is kept."""
     import json
 
     if not path or not Path(path).exists():
         return {}
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {(r["method"], r["seed"]): r for r in rows}
+    return {(r["method"], r["seed"]): r for r in rows if all(r.get(k, v) == v for k, v in settings.items())}
 
 
 def append_record(path, row: dict) -> None:
@@ -212,30 +217,38 @@ def pruned_spec(spec, rung: int | None, restart: bool):
     """The pruned arm's spec and name: ``rung`` moves the cut (search.pruner_min_epochs); ``restart`` makes the
     schedule restart there (train.restart_epochs), so the cut reads a complete short run. The unpruned arm keeps
     the space's recipe: without a cut a restart buys nothing."""
-    name = "non-dominated-rank pruning"
+    from runners.optuna_engine import max_epochs, mo_rungs, warmup_end
+
     if rung:
         spec = dataclasses.replace(spec, search=dataclasses.replace(spec.search, pruner_min_epochs=rung))
-        name += f", rung {rung}"
+    at = mo_rungs(dataclasses.replace(spec.search, pruner="successive_halving"), max_epochs(spec),
+                  ["val_accuracy", "params"], warmup_end(spec))
+    if not at:
+        raise SystemExit(f"no cut fits a {max_epochs(spec)}-epoch trial (the cut must come after warmup and "
+                         f"before the last epoch); use a longer --epochs or a smaller --rung")
+    name = "non-dominated-rank pruning" + (f", rung {at[0]}" if rung else "")
     if restart:
-        from runners.optuna_engine import mo_rungs, warmup_end
-
-        at = mo_rungs(dataclasses.replace(spec.search, pruner="successive_halving"), spec.train.epochs,
-                      ["val_accuracy", "params"], warmup_end(spec))
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, restart_epochs=at))
-        name += f", restart at {','.join(map(str, at))}"
+        name += f", restart at {at[0]}"
     return spec, name
 
 
 def multi_objective(spec, args, tmp: Path) -> None:
     pruned, name = pruned_spec(spec, args.rung, args.restart_at_rung)
-    methods = {"no pruning": ("none", spec), name: ("successive_halving", pruned)}
-    done = read_record(args.record)
+    unpruned, plain = spec, "no pruning"
+    if args.restart_unpruned:  # the same schedule without the cut: what the restart alone is worth
+        unpruned = dataclasses.replace(spec, train=dataclasses.replace(spec.train,
+                                                                       restart_epochs=pruned.train.restart_epochs))
+        plain += f", restart at {','.join(map(str, pruned.train.restart_epochs))}"
+    methods = {plain: ("none", unpruned), name: ("successive_halving", pruned)}
+    done = read_record(args.record, budget=args.budget_epochs, epochs_per_trial=spec.train.epochs)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for i, (method, (pruner, arm)) in enumerate(methods.items()):
             if (method, seed) in done:
                 continue
             r = multi_objective_once(arm, pruner, seed, args.budget_epochs, tmp / f"mo-{i}-{seed}", args.verbose)
-            row = {"method": method, "seed": seed, **r}
+            row = {"method": method, "seed": seed, "budget": args.budget_epochs,
+                   "epochs_per_trial": spec.train.epochs, **r}
             done[(method, seed)] = row
             append_record(args.record, row)
             print(f"seed {seed:>2}  {method:<{max(map(len, methods))}}  hypervolume {r['hypervolume']:.4f}  epochs {r['epochs']:>3}  "
@@ -258,7 +271,7 @@ def print_multi_objective(methods: list[str], done: dict, spec, budget: int) -> 
         sd = statistics.stdev(hv) if len(hv) > 1 else 0.0
         epochs = statistics.mean(r["epochs"] for r in rs)
         print(f"{method:<{w}} {statistics.mean(hv):.4f} +- {sd:.4f}{'':<10}{epochs:<9.1f}"
-              f"{statistics.mean(r['trials'] for r in rs):<9.1f}{100 * statistics.mean(hv) / epochs:.4f}")
+              f"{statistics.mean(r.get('trials', math.nan) for r in rs):<9.1f}{100 * statistics.mean(hv) / epochs:.4f}")
     a, b = ([done[(m, s)]["hypervolume"] for s in seeds] for m in methods)
     diffs = [y - x for x, y in zip(a, b)]
     wins = sum(d > 1e-12 for d in diffs)
@@ -304,11 +317,15 @@ def main(argv=None) -> int:
                                             "first after warmup)")
     p.add_argument("--restart-at-rung", action="store_true", help="--multi-objective: the pruned search's schedule "
                                                                   "restarts at the rung (train.restart_epochs)")
+    p.add_argument("--restart-unpruned", action="store_true", help="--multi-objective with --restart-at-rung: the "
+                                                                   "unpruned search restarts at the rung too")
     p.add_argument("--epochs", type=int, help="epochs per full trial (default: the space's train.epochs)")
     p.add_argument("--dataset", help="dataset (default: the space's train.dataset)")
     p.add_argument("--threads", type=int, help="torch threads (default: the idle cores, as search run does)")
     p.add_argument("--verbose", action="store_true", help="print every trial")
     args = p.parse_args(argv)
+    if args.budget_epochs < 1 or args.seeds < 1 or args.factor < 1 or args.judge_seeds < 1:
+        p.error("--budget-epochs, --seeds, --factor and --judge-seeds must be at least 1")
     import torch
 
     torch.set_num_threads(args.threads or cpu_threads(1))

@@ -270,10 +270,12 @@ class Audit:
                           "params": [r["params"] for r in rows], "macs": [r["macs"] for r in rows]}
             report.update(fidelity_stats.fidelity_report(predictors, [[r["long"][s] for r in rows]
                                                                       for s in range(self.seeds)], k=self.top_k))
-            # Every epoch of the long schedule as a rung (point estimates): where a longer search should cut.
+            # What a pruner reads after every epoch of the long schedule (the weight average with
+            # rung_ema_epochs), ranked against the truth (point estimates): where a longer search should cut.
             truth = [sum(r["long"]) / len(r["long"]) for r in rows]
-            report["long_at_epoch"] = {str(k): fidelity_stats.spearman([r["long_rungs"][k - 1] for r in rows], truth)
-                                       for k in range(1, base.epochs * self.factor)}
+            report["long_rung_at_epoch"] = {
+                str(k): fidelity_stats.spearman([r["long_rungs"][k - 1] for r in rows], truth)
+                for k in range(1, base.epochs * self.factor)}
         report["models"] = rows
         report = fidelity_stats.finite(report)
         write_json(self.out / "fidelity.json", report)  # atomic: processes sharing the directory never mix writes
@@ -304,8 +306,8 @@ def summary(report: dict) -> str:
         lines.append(f"  {name:<30} Spearman {_fmt(a['spearman'])} [{_fmt(a['spearman_ci'][0])}, "
                      f"{_fmt(a['spearman_ci'][1])}]  Kendall {_fmt(a['kendall'])}  top-{a['top_k']} "
                      f"{a['top_k_overlap']}/{a['top_k']}  regret {_fmt(a['regret'])}")
-    if report.get("long_at_epoch"):
-        cut = ", ".join(f"{k}: {_fmt(v).strip()}" for k, v in report["long_at_epoch"].items())
+    if report.get("long_rung_at_epoch"):
+        cut = ", ".join(f"{k}: {_fmt(v).strip()}" for k, v in report["long_rung_at_epoch"].items())
         lines.append(f"  the {report['long_epochs']}-epoch schedule cut after epoch k ranks the truth (Spearman; a "
                      f"rung of a longer search): {cut}")
     return "\n".join(lines)

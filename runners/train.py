@@ -284,7 +284,8 @@ def _fit(state: _State, arch_or_model, config: TrainConfig, data: Dataset, devic
             "peak_memory_mb": peak_memory_mb(device),
             "lr": lr,
         }
-        if ema is not None and epoch < config.epochs:  # a rung: what a pruner reads (the last epoch is no rung)
+        if ema is not None and epoch < config.epochs and epoch not in config.restart_epochs:
+            # a rung: what a pruner reads (the last epoch is no rung; at a restart the decayed weights are read)
             metrics["rung_accuracy"] = evaluate_split(ema, data.val_x, data.val_y, norm, amp_dtype, batch)[1]
         if out_of_time:
             metrics["partial"] = done < steps
@@ -435,7 +436,7 @@ class LRSchedule:
     def __init__(self, peak: float, kind: str, warmup: int, total: int, restarts: Sequence[int] = ()):
         self.peak, self.kind, self.total = peak, kind, max(1, total)
         self.warmup = min(max(0, warmup), self.total)
-        self.starts = [0] + [r for r in restarts if 0 < r < self.total]
+        self.starts = [0] + sorted({r for r in restarts if 0 < r < self.total})
         self.cycles = ([LRSchedule(peak, kind, warmup, end - start)
                         for start, end in zip(self.starts, self.starts[1:] + [self.total])]
                        if len(self.starts) > 1 else None)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from .schema import SpecError, _fmt, field
+from .schema import Categorical, FloatRange, IntRange, SpecError, _fmt, field
 
 SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit
 
@@ -41,10 +41,11 @@ class TrainConfig:
         "cosine", doc="per-step decay after warmup: cosine to zero, onecycle (linear to zero) or constant")
     warmup_epochs: float = field(1.0, min=0.0, max=100_000.0, doc="linear warmup length in epochs")
     restart_epochs: list[int] = field(
-        default_factory=list, min=1, max=100_000, doc="pruning: epochs at which the schedule ends (decays to zero) "
-        "and starts again with its warmup, so a rung there reads a complete short schedule rather than a high-lr "
-        "snapshot of a long one; increasing; those at or past train.epochs are ignored, so a proxy and its longer "
-        "schedules can share the list", fixed=True)
+        default_factory=list, min=1, max=100_000, doc="pruning: epochs at which the schedule ends (decays to zero; "
+        "constant: ends) and starts again with its warmup, so a rung there reads a complete short schedule rather "
+        "than a high-lr snapshot of a long one; increasing, each cycle longer than the warmup; those at or past "
+        "train.epochs are ignored, so a proxy and its longer runs (the audit's, --final-epochs) share the list",
+        fixed=True)
     rung_ema_epochs: Optional[float] = field(
         None, min=0.01, max=100_000.0, doc="pruning: score every epoch but the last on an exponential moving average "
         "of the weights over about this many epochs (rung_accuracy, what pruners read; training is unchanged); "
@@ -140,11 +141,20 @@ MAX_WARM_STARTS = 200
 
 
 def check_train(train: TrainConfig, path: str = "train") -> None:
-    """What the field rules cannot say alone: restart epochs in increasing order."""
+    """What the field rules cannot say alone: restart epochs in increasing order, each after the warmup (a cycle
+    that is all warmup would end at the peak learning rate, not decayed)."""
     restarts = train.restart_epochs
     if any(b <= a for a, b in zip(restarts, restarts[1:])):
         raise SpecError(f"{path}.restart_epochs", f"{_fmt(restarts)} is not in increasing order; list each epoch "
                                                   f"once, smallest first")
+    warmup = train.warmup_epochs
+    longest = warmup.high if isinstance(warmup, (FloatRange, IntRange)) else \
+        max(warmup.options) if isinstance(warmup, Categorical) else warmup  # the longest it may be drawn
+    gaps = [b - a for a, b in zip([0, *restarts], restarts)]
+    if restarts and isinstance(longest, (int, float)) and min(gaps) <= longest:
+        raise SpecError(f"{path}.restart_epochs", f"{_fmt(restarts)} leaves a cycle of {min(gaps)} epoch(s), not "
+                                                  f"longer than train.warmup_epochs ({_fmt(warmup)}): each cycle "
+                                                  f"must warm up and then decay")
 
 
 def check_search(search: SearchConfig, path: str = "search") -> None:

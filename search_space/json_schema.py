@@ -39,7 +39,7 @@ def value_schema(tp, meta: dict) -> dict:
         return {"enum": list(typing.get_args(tp))}
     if origin is list:
         (inner,) = typing.get_args(tp)
-        return {"type": "array", "items": value_schema(inner, {})}
+        return {"type": "array", "items": value_schema(inner, meta)}  # min/max bound each item
     if dataclasses.is_dataclass(tp):
         return {"$ref": f"#/$defs/{tp.__name__}"}
     out: dict[str, Any] = {int: {"type": "integer"}, float: {"type": "number"}, bool: {"type": "boolean"},

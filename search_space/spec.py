@@ -384,6 +384,7 @@ def parse_spec(data: Any, source: str = "spec") -> Spec:
             "model": lambda v, p: _parse_model(v, p, True),
             "search": parse_search,
         })
+        check_train(spec.train)
         if spec.is_fixed():
             check_architecture_limits(spec)  # raises SpecError naming the field of an impossible combination
     except SpecError as e:
@@ -413,7 +414,6 @@ def load_spec(source: str | Path) -> Spec:
         spec.search = dataclasses.replace(spec.search, warm_start=[
             os.path.abspath(Path(source).parent / p) if not Path(p).is_absolute() else p
             for p in spec.search.warm_start])
-    check_train(spec.train)
     check_search(spec.search)
     return spec
 

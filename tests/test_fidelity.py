@@ -108,8 +108,8 @@ def test_processes_sharing_an_audit_split_the_runs_and_rungs_are_reported(tmp_pa
         long = json.loads((tmp_path / "models" / str(row["model"]) / "long-e4-s0.json").read_text())
         assert row["long_rungs"] == long["history"][:3]
     # every epoch of the long schedule as a rung; the cut at the proxy's length is long_at_epoch_2 itself
-    assert list(report["long_at_epoch"]) == ["1", "2", "3"]
-    assert report["long_at_epoch"]["2"] == pytest.approx(report["predictors"]["long_at_epoch_2"]["spearman"])
+    assert list(report["long_rung_at_epoch"]) == ["1", "2", "3"]
+    assert report["long_rung_at_epoch"]["2"] == pytest.approx(report["predictors"]["long_at_epoch_2"]["spearman"])
 
 
 @pytest.mark.parametrize("flag, value, field", [("--n", "2", "--n"), ("--factor", "1", "--factor"),

@@ -623,3 +623,12 @@ def test_restart_epochs_must_increase_and_may_not_be_a_choice():
     e = refused(GOOD + "train: {restart_epochs: {choice: [[3], [6]]}}\n")
     assert e.path.startswith("train.restart_epochs"), str(e)
     assert load_spec(GOOD + "train: {epochs: 12, restart_epochs: [3, 20]}\n").train.restart_epochs == [3, 20]
+    # every cycle must outlast the warmup (the longest a choice may draw), or it would end at the peak lr
+    e = refused(GOOD + "train: {epochs: 12, warmup_epochs: 2, restart_epochs: [4, 6]}\n")
+    assert e.path == "train.restart_epochs" and "warmup" in e.message, str(e)
+    e = refused(GOOD + "train: {epochs: 12, warmup_epochs: {float: [0.5, 3.0]}, restart_epochs: [3]}\n")
+    assert e.path == "train.restart_epochs", str(e)
+    from search_space.spec import parse_spec  # a dict (the Python API) is checked too, not only a file
+
+    with pytest.raises(SpecError, match="increasing"):
+        parse_spec(yaml.safe_load(GOOD + "train: {epochs: 12, restart_epochs: [6, 3]}\n"))

@@ -277,6 +277,9 @@ def test_a_rung_at_a_restart_reads_what_the_short_run_reaches(digits):
     short = train(small_cnn(), replace(config, epochs=2), data=digits)
     long = train(small_cnn(), replace(config, epochs=4), data=digits)
     assert long.ok and long.history[1]["val_accuracy"] == short.val_accuracy and len(long.history) == 4
+    # with a weight average for rungs, the rung at a restart still reads the decayed weights themselves
+    averaged = train(small_cnn(), replace(config, epochs=4, rung_ema_epochs=0.5), data=digits)
+    assert [("rung_accuracy" in h) for h in averaged.history] == [True, False, True, False]
 
 
 def test_weight_decay_skips_norm_parameters_and_biases():
