@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from search_space.config import SearchConfig
 from search_space.sampling import warm_starts
-from search_space.schema import SpecError, is_choice
+from search_space.schema import SpecError, largest
 from search_space.spec import Spec
 
 from .progress import Progress
@@ -113,10 +113,7 @@ def make_sampler(search: SearchConfig, n_objectives: int, parallel: bool, seed: 
 
 def warmup_end(spec: Spec) -> int:
     """The first epoch whose accuracy was not measured during warmup (warmup epochs rounded up, plus one)."""
-    w = spec.train.warmup_epochs
-    if is_choice(w):
-        w = max(w.options) if hasattr(w, "options") else w.high
-    return math.ceil(float(w)) + 1
+    return math.ceil(float(largest(spec.train.warmup_epochs))) + 1
 
 
 def make_pruner(search: SearchConfig, epochs: int, objectives: list[str],
@@ -156,10 +153,7 @@ def mo_rungs(search: SearchConfig, epochs: int, objectives: list[str], first_epo
 
 
 def max_epochs(spec: Spec) -> int:
-    e = spec.train.epochs
-    if not is_choice(e):
-        return e
-    return max(e.options) if hasattr(e, "options") else e.high
+    return largest(spec.train.epochs)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from .schema import Categorical, FloatRange, IntRange, SpecError, _fmt, field
+from .schema import SpecError, _fmt, field, largest
 
 SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit
 
@@ -148,8 +148,7 @@ def check_train(train: TrainConfig, path: str = "train") -> None:
         raise SpecError(f"{path}.restart_epochs", f"{_fmt(restarts)} is not in increasing order; list each epoch "
                                                   f"once, smallest first")
     warmup = train.warmup_epochs
-    longest = warmup.high if isinstance(warmup, (FloatRange, IntRange)) else \
-        max(warmup.options) if isinstance(warmup, Categorical) else warmup  # the longest it may be drawn
+    longest = largest(warmup)  # the longest warmup a choice may draw
     gaps = [b - a for a, b in zip([0, *restarts], restarts)]
     if restarts and isinstance(longest, (int, float)) and min(gaps) <= longest:
         raise SpecError(f"{path}.restart_epochs", f"{_fmt(restarts)} leaves a cycle of {min(gaps)} epoch(s), not "

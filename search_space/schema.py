@@ -99,6 +99,13 @@ def is_choice(value: Any) -> bool:
     return isinstance(value, (Categorical, IntRange, FloatRange))
 
 
+def largest(value: Any) -> Any:
+    """The largest value a choice may draw (a fixed value is itself): the worst case a check must allow for."""
+    if isinstance(value, Categorical):
+        return max(value.options)
+    return value.high if isinstance(value, (IntRange, FloatRange)) else value
+
+
 def looks_like_choice(raw: Any) -> bool:
     return isinstance(raw, dict) and any(k in raw for k in CHOICE_KEYS)
 
