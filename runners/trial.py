@@ -292,6 +292,9 @@ class Evaluator:
         info.update(params=cost.params, macs=cost.macs, blocks=block_summary(sampled.model))
         for key in ("params", "macs", "blocks"):
             hooks.set_attr(key, info[key])
+        # the recorded architecture names the data's shape, so best.yaml compiles and exports as it was trained
+        sampled = dataclasses.replace(sampled, model=dataclasses.replace(
+            sampled.model, in_channels=data.channels, num_classes=data.num_classes))
         arch_yaml = dump_spec(sampled)
         hooks.on_arch(number, arch_yaml)
 

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from runners.progress import Progress
 from runners.optuna_engine import run_search, trial_counts
+from search_space.api import create_model
 from search_space.cli import main
 from search_space.compiler import build_model
 from search_space.sampling import FixedSuggester, OutsideSpace, RandomSuggester, params_for, sample
@@ -102,7 +103,11 @@ def test_run_writes_trials_table_and_best(tmp_path, capsys):
     best, winner = load_spec(out / "best.yaml"), study.trials[summary["best_trial"]]
     assert winner.values[0] == study.best_value  # ties are broken by fewer params, not by Optuna's order
     assert best.is_fixed() and best.train.lr == winner.params["train.lr"]
-    assert main(["compile", str(out / "best.yaml"), "--in-channels", "1", "--num-classes", "10"]) == 0
+    # the architecture names the data it was trained on: it compiles and exports with 1 channel and 10 classes
+    assert (best.model.in_channels, best.model.num_classes) == (1, 10)
+    assert main(["compile", str(out / "best.yaml")]) == 0
+    size = best.model.input_size
+    assert create_model(run=out).eval()(torch.zeros(2, 1, size, size)).shape == (2, 10)
     table = capsys.readouterr().out
     assert "rank" in table and "blocks (per stage)" in table
 
