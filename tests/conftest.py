@@ -1,12 +1,15 @@
-"""Shared helpers: repository paths, an in-process CLI runner and a MACs counter."""
+"""Shared helpers: repository paths, the tiny search space most search tests run, an in-process CLI runner and a
+MACs counter."""
 
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,6 +18,31 @@ ZOO = sorted((ROOT / "spaces" / "zoo").glob("*.yaml"))
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# A search space that trains in a second or two per trial on digits: tests change its train/search fields.
+TINY = """
+name: tiny
+model:
+  input_size: 8
+  stem: {type: cifar, width: 8}
+  stages:
+    - depth: {int: [1, 2]}
+      width: {choice: [8, 16]}
+      block: {type: {choice: [plain, se, split_attention]}, bottleneck_ratio: 0.5, radix: 2}
+train: {dataset: digits, epochs: 2, batch_size: 64, warmup_epochs: 0, lr: {float: [0.1, 0.3], log: true}}
+search: {trials: 4, sampler: random, pruner: none}
+"""
+
+
+def write_space(tmp_path: Path, text: str = TINY, **changes) -> Path:
+    """``tmp_path/space.yaml``: ``text`` with ``section__field=value`` changes (``train__epochs=1``)."""
+    data = yaml.safe_load(textwrap.dedent(text))
+    for key, value in changes.items():
+        section, name = key.split("__")
+        data[section][name] = value
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 

@@ -7,6 +7,8 @@ import pytest
 from runners.mo_pruning import (crowding_distances, dominates, keep_count, nondominated_ranks, order, rungs,
                                 should_stop)
 
+from conftest import write_space
+
 # (-accuracy, params): a..e as drawn by hand
 #   a (-0.90, 100)  b (-0.80, 50)  c (-0.85, 120)  d (-0.70, 40)  e (-0.60, 200)
 TABLE = [(-0.90, 100), (-0.80, 50), (-0.85, 120), (-0.70, 40), (-0.60, 200)]
@@ -77,20 +79,6 @@ def test_several_objectives_are_cut_once_at_the_first_epoch_after_warmup():
     assert mo_rungs(SearchConfig(pruner="hyperband"), 12, ["val_accuracy"]) == []
 
 
-TINY = """
-name: tiny
-model:
-  input_size: 8
-  stem: {type: cifar, width: 8}
-  stages:
-    - depth: {int: [1, 2]}
-      width: {choice: [8, 16]}
-      block: {type: {choice: [plain, se, split_attention]}, bottleneck_ratio: 0.5, radix: 2}
-train: {dataset: digits, epochs: 3, batch_size: 64, warmup_epochs: 0, lr: {float: [0.1, 0.3], log: true}}
-search: {trials: 6, sampler: random, pruner: successive_halving, objectives: [val_accuracy, params], seed: 1}
-"""
-
-
 def test_a_multi_objective_search_prunes_by_nondominated_rank(tmp_path, single_thread):
     """The Optuna engine stops trials at rung 1 exactly when the rule says so, replayed from the study."""
     import io
@@ -102,8 +90,8 @@ def test_a_multi_objective_search_prunes_by_nondominated_rank(tmp_path, single_t
     from runners.progress import Progress
     from search_space.spec import load_spec
 
-    path = tmp_path / "space.yaml"
-    path.write_text(TINY)
+    path = write_space(tmp_path, train__epochs=3, search__trials=6, search__pruner="successive_halving",
+                       search__objectives=["val_accuracy", "params"], search__seed=1)
     out = tmp_path / "run"
     run_search(load_spec(path), out, progress=Progress(stream=io.StringIO(), tty=False))
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")

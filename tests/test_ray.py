@@ -9,40 +9,23 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from search_space.spec import dump_spec, load_spec
+
+import conftest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
 
-TINY = """
-name: tiny
-model:
-  input_size: 8
-  stem: {type: cifar, width: 8}
-  stages:
-    - depth: {int: [1, 2]}
-      width: {choice: [8, 16]}
-      block: {type: {choice: [plain, se, split_attention]}, bottleneck_ratio: 0.5, radix: 2}
-train: {dataset: digits, epochs: 1, batch_size: 64, warmup_epochs: 0, lr: {choice: [0.1, 0.3]}}
-search: {trials: 4, sampler: tpe, pruner: none, backend: ray}
-"""
-
-
 def write_space(tmp_path: Path, **changes) -> Path:
-    data = yaml.safe_load(textwrap.dedent(TINY))
-    for key, value in changes.items():
-        section, name = key.split("__")
-        data[section][name] = value
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    """The tiny space on the Ray engine, one epoch per trial."""
+    ray_space = {"train__epochs": 1, "train__lr": {"choice": [0.1, 0.3]}, "search__sampler": "tpe",
+                 "search__backend": "ray"}
+    return conftest.write_space(tmp_path, **{**ray_space, **changes})
 
 
 def search(*args, cwd: Path, timeout: float = 400, env: dict = ENV) -> subprocess.CompletedProcess:

@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import subprocess
-import textwrap
 
 import numpy as np
 import pytest
@@ -17,6 +16,8 @@ import torch
 from runners import edf as E
 from runners.report import pareto_mask, write_report
 from search_space.cli import main
+
+from conftest import write_space
 
 # ---------------------------------------------------------------------------------------------------------------
 # EDF maths on a small fixed set of trials
@@ -95,20 +96,6 @@ def test_pareto_mask_by_hand():
 # A real run
 # ---------------------------------------------------------------------------------------------------------------
 
-TINY = """
-name: tiny
-model:
-  input_size: 8
-  stem: {type: cifar, width: 8}
-  stages:
-    - depth: {int: [1, 2]}
-      width: {choice: [8, 16]}
-      block: {type: {choice: [plain, se, split_attention]}, bottleneck_ratio: 0.5, radix: 2}
-train: {dataset: digits, epochs: 1, batch_size: 64, warmup_epochs: 0, lr: {float: [0.1, 0.3], log: true}}
-search: {trials: 10, sampler: random, pruner: none}
-"""
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     from runners.optuna_engine import run_search
@@ -116,8 +103,7 @@ def run_dir(tmp_path_factory):
     from search_space.spec import load_spec
 
     tmp = tmp_path_factory.mktemp("report")
-    space = tmp / "space.yaml"
-    space.write_text(textwrap.dedent(TINY))
+    space = write_space(tmp, train__epochs=1, search__trials=10)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

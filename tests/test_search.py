@@ -6,6 +6,7 @@ Every search here uses a tiny inline space on the digits data at 8x8 with one or
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -20,7 +21,6 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-import yaml
 from optuna.trial import TrialState
 
 from runners.progress import Progress
@@ -31,21 +31,10 @@ from search_space.compiler import build_model
 from search_space.sampling import FixedSuggester, OutsideSpace, RandomSuggester, params_for, sample
 from search_space.spec import dump_spec, load_spec
 
+from conftest import TINY, write_space  # noqa: F401 - test_faults and test_postgres take them from here
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-
-TINY = """
-name: tiny
-model:
-  input_size: 8
-  stem: {type: cifar, width: 8}
-  stages:
-    - depth: {int: [1, 2]}
-      width: {choice: [8, 16]}
-      block: {type: {choice: [plain, se, split_attention]}, bottleneck_ratio: 0.5, radix: 2}
-train: {dataset: digits, epochs: 2, batch_size: 64, warmup_epochs: 0, lr: {float: [0.1, 0.3], log: true}}
-search: {trials: 4, sampler: random, pruner: none}
-"""
 
 # Only the learning rate is searched: for trials whose outcome must not depend on the sampled architecture.
 LR_ONLY = """
@@ -66,16 +55,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def write_space(tmp_path: Path, text: str = TINY, **changes) -> Path:
-    data = yaml.safe_load(textwrap.dedent(text))
-    for key, value in changes.items():
-        section, name = key.split("__")
-        data[section][name] = value
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def run(path: Path, out: Path) -> tuple[dict, str]:
@@ -240,7 +219,8 @@ def test_warm_start_runs_listed_architectures_first(tmp_path):
     first, second, _ = load(out).trials
     assert first.user_attrs["warm_start"].endswith("inside.yaml") and first.user_attrs["in_space"]
     assert first.params == params_for(space, inside)
-    assert load_spec(out / "trials/0/arch.yaml").model == inside.model
+    recorded = load_spec(out / "trials/0/arch.yaml").model  # with the data's shape written in
+    assert recorded == dataclasses.replace(inside.model, in_channels=1, num_classes=10)
     assert second.user_attrs["warm_start"].endswith("outside.yaml") and not second.user_attrs["in_space"]
     got = load_spec(out / "trials/1/arch.yaml").model
     assert got.stem.width == 12 and got.stages[0].width == 24 and got.input_size == 8  # trained at the run's size
