@@ -18,7 +18,7 @@
     # the same, split over two processes (one per core), resumable; either prints the summary of what is recorded
     python benchmarks/search_efficiency.py --seeds 5 --threads 1 --record so.jsonl &
     python benchmarks/search_efficiency.py --seeds 5 --first-seed 5 --threads 1 --record so.jsonl
-    python benchmarks/search_efficiency.py --multi-objective --epochs 12 --budget-epochs 96 --seeds 6
+    python benchmarks/search_efficiency.py --multi-objective --epochs 12 --budget-epochs 96 --seeds 8
 """
 
 from __future__ import annotations
@@ -213,6 +213,11 @@ def epochs_to_reach(trajectory: list, target: float) -> float | None:
     return next((epochs for epochs, hv in trajectory if hv >= target - 1e-12), None)
 
 
+def hypervolume_at(trajectory: list, epochs: float) -> float:
+    """A search's hypervolume once it had spent ``epochs`` (0 before its first trial ended): its anytime value."""
+    return max((hv for spent, hv in trajectory if spent <= epochs), default=0.0)
+
+
 def pruned_spec(spec, rung: int | None, restart: bool):
     """The pruned arm's spec and name: ``rung`` moves the cut (search.pruner_min_epochs); ``restart`` makes the
     schedule restart there (train.restart_epochs), so the cut reads a complete short run. The unpruned arm keeps
@@ -257,45 +262,55 @@ def multi_objective(spec, args, tmp: Path) -> None:
 
 
 def print_multi_objective(methods: list[str], done: dict, spec, budget: int) -> None:
+    """Seeds that both arms finished. The hypervolume is read at exactly ``budget`` epochs from each search's
+    trajectory: the trial that crosses the budget finishes, so a pruned search ends a few epochs over it, and
+    its final value would flatter it."""
     seeds = sorted({s for (_, s) in done if all((m, s) in done for m in methods)})
     if not seeds:
         print("no seed has results for both methods yet")
         return
+
+    def at(method: str, seed: int, epochs: float = budget) -> float:
+        r = done[(method, seed)]
+        return hypervolume_at(r["trajectory"], epochs) if "trajectory" in r else r["hypervolume"]
+
     print(f"\n{spec.search.sampler}, val_accuracy x params, {budget} epochs per search, {spec.train.epochs} epochs "
           f"per full trial, {len(seeds)} seeds:")
     w = max(30, max(map(len, methods)) + 2)
-    print(f"{'method':<{w}} {'hypervolume (mean +- sd)':<27}{'epochs':<9}{'trials':<9}hypervolume per 100 epochs")
+    print(f"{'method':<{w}} {f'hypervolume at {budget} epochs':<29}{'epochs run':<12}trials")
     for method in methods:
-        rs = [done[(method, s)] for s in seeds]
-        hv = [r["hypervolume"] for r in rs]
+        hv = [at(method, s) for s in seeds]
         sd = statistics.stdev(hv) if len(hv) > 1 else 0.0
-        epochs = statistics.mean(r["epochs"] for r in rs)
-        print(f"{method:<{w}} {statistics.mean(hv):.4f} +- {sd:.4f}{'':<10}{epochs:<9.1f}"
-              f"{statistics.mean(r.get('trials', math.nan) for r in rs):<9.1f}{100 * statistics.mean(hv) / epochs:.4f}")
-    a, b = ([done[(m, s)]["hypervolume"] for s in seeds] for m in methods)
+        rs = [done[(method, s)] for s in seeds]
+        print(f"{method:<{w}} {statistics.mean(hv):.4f} +- {sd:<20.4f}{statistics.mean(r['epochs'] for r in rs):<12.1f}"
+              f"{statistics.mean(r.get('trials', math.nan) for r in rs):.1f}")
+    a, b = ([at(m, s) for s in seeds] for m in methods)
     diffs = [y - x for x, y in zip(a, b)]
     wins = sum(d > 1e-12 for d in diffs)
-    print(f"pruned - unpruned hypervolume at the same budget: mean {statistics.mean(diffs):+.4f}; pruned higher in "
+    print(f"pruned - unpruned hypervolume at {budget} epochs: mean {statistics.mean(diffs):+.4f}; pruned higher in "
           f"{wins} of {len(seeds)} seeds, equal in {sum(abs(d) <= 1e-12 for d in diffs)}")
     if any(diffs) and len(diffs) >= 2:
         from scipy.stats import wilcoxon
 
         print(f"Wilcoxon signed-rank on hypervolume (paired by seed): two-sided p = "
               f"{wilcoxon(a, b, zero_method='zsplit').pvalue:.4f}")
-    # the same hypervolume with fewer epochs: when did the pruned search reach the unpruned one's final value?
-    needed = []
-    for s in seeds:
-        base, pruned = done[(methods[0], s)], done[(methods[1], s)]
-        if "trajectory" in pruned:
-            needed.append((epochs_to_reach(pruned["trajectory"], base["hypervolume"]), base["epochs"]))
-    if needed:
-        reached = [(e, full) for e, full in needed if e is not None]
-        line = ", ".join(f"{e if e is not None else 'not reached'}/{full}" for e, full in needed)
-        print(f"epochs the pruned search needed to reach the unpruned search's final hypervolume (per seed, of the "
-              f"unpruned search's epochs): {line}")
-        if reached:
-            print(f"reached in {len(reached)} of {len(needed)} seeds, with {statistics.mean(e / f for e, f in reached):.0%}"
-                  f" of the epochs on average (median {statistics.median(e / f for e, f in reached):.0%})")
+    if not all("trajectory" in done[(m, s)] for m in methods for s in seeds):
+        return  # records from before trajectories were kept
+    # anytime: the mean hypervolume after each quarter of the budget; the same hypervolume with fewer epochs means
+    # the pruned row reaching the unpruned row's last value early
+    quarters = [budget * q / 4 for q in (1, 2, 3, 4)]
+    print("mean hypervolume after " + ", ".join(f"{q:g}" for q in quarters) + " epochs:")
+    for method in methods:
+        print(f"  {method:<{w}}" + "  ".join(f"{statistics.mean(at(method, s, q) for s in seeds):.4f}"
+                                            for q in quarters))
+    needed = [epochs_to_reach(done[(methods[1], s)]["trajectory"], a[i]) for i, s in enumerate(seeds)]
+    line = ", ".join(str(e) if e is not None and e <= budget else "-" for e in needed)
+    reached = [e for e in needed if e is not None and e <= budget]
+    print(f"epochs the pruned search needed to reach the unpruned search's hypervolume at {budget} (per seed; "
+          f"-: not within the budget): {line}")
+    if reached:
+        print(f"reached in {len(reached)} of {len(seeds)} seeds, with {statistics.mean(reached) / budget:.0%} of the "
+              f"epochs on average (median {statistics.median(reached) / budget:.0%})")
 
 
 def main(argv=None) -> int:

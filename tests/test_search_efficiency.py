@@ -1,0 +1,67 @@
+"""The statistics of benchmarks/search_efficiency.py on fixed tables: hypervolume, its anytime value, the records
+a comparison keeps, and the multi-objective summary read at exactly the budget."""
+
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("search_efficiency", ROOT / "benchmarks" / "search_efficiency.py")
+se = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(se)
+
+
+def test_hypervolume_by_hand():
+    # front (0.2, 0.5), (0.4, 0.2): strips 0.8 x 0.5 and 0.6 x 0.3; (0.5, 0.6) is dominated, (1.2, 0.1) lies
+    # beyond the reference point
+    assert se.hypervolume_2d([(0.2, 0.5), (0.4, 0.2), (0.5, 0.6), (1.2, 0.1)]) == pytest.approx(0.4 + 0.18)
+    assert se.hypervolume_2d([]) == 0.0
+
+
+def test_anytime_hypervolume_and_epochs_to_reach():
+    trajectory = [[12, 0.40], [15, 0.40], [27, 0.55], [39, 0.70], [51, 0.72]]
+    assert se.hypervolume_at(trajectory, 11) == 0.0  # no trial had ended
+    assert se.hypervolume_at(trajectory, 27) == 0.55
+    assert se.hypervolume_at(trajectory, 48) == 0.70  # the trial ending at 51 crossed 48: not counted
+    assert se.epochs_to_reach(trajectory, 0.55) == 27
+    assert se.epochs_to_reach(trajectory, 0.71) == 51
+    assert se.epochs_to_reach(trajectory, 0.9) is None
+
+
+def test_records_of_another_comparison_are_skipped(tmp_path):
+    path = tmp_path / "r.jsonl"
+    rows = [{"method": "a", "seed": 0, "budget": 96, "epochs_per_trial": 12},
+            {"method": "a", "seed": 1, "budget": 48, "epochs_per_trial": 12},   # another budget
+            {"method": "b", "seed": 0}]                                         # older row without the keys: kept
+    for row in rows:
+        se.append_record(str(path), row)
+    kept = se.read_record(str(path), budget=96, epochs_per_trial=12)
+    assert sorted(kept) == [("a", 0), ("b", 0)]
+
+
+def test_multi_objective_summary_reads_the_hypervolume_at_the_budget(capsys):
+    """The pruned arm's last trial crosses the budget (99 of 96 epochs): its final 0.90 is not what is compared."""
+    plain, pruned = "no pruning", "pruning"
+    done = {
+        (plain, 0): {"hypervolume": 0.80, "epochs": 96, "trials": 8,
+                     "trajectory": [[48, 0.70], [96, 0.80]]},
+        (pruned, 0): {"hypervolume": 0.90, "epochs": 99, "trials": 15,
+                      "trajectory": [[24, 0.75], [60, 0.82], [99, 0.90]]},
+        (plain, 1): {"hypervolume": 0.85, "epochs": 96, "trials": 8,
+                     "trajectory": [[48, 0.60], [96, 0.85]]},
+        (pruned, 1): {"hypervolume": 0.84, "epochs": 96, "trials": 14,
+                      "trajectory": [[30, 0.50], [96, 0.84]]},
+    }
+    space = SimpleNamespace(search=SimpleNamespace(sampler="tpe"), train=SimpleNamespace(epochs=12))
+    se.print_multi_objective([plain, pruned], done, space, 96)
+    out = capsys.readouterr().out
+    assert "0.8250 +- " in out and "0.8300 +- " in out  # (0.80 + 0.85) / 2 and (0.82 + 0.84) / 2
+    assert "hypervolume at 96 epochs: mean +0.0050; pruned higher in 1 of 2 seeds" in out
+    # anytime means after 24, 48, 72 and 96 epochs
+    assert "0.0000  0.6500  0.6500  0.8250" in out and "0.3750  0.6250  0.6600  0.8300" in out
+    assert "(per seed; -: not within the budget): 60, -" in out  # seed 0 reached 0.80 at 60; seed 1 never 0.85
+    assert "reached in 1 of 2 seeds, with 62% of the epochs" in out
