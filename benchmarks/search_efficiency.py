@@ -19,6 +19,9 @@
     python benchmarks/search_efficiency.py --seeds 5 --threads 1 --record so.jsonl &
     python benchmarks/search_efficiency.py --seeds 5 --first-seed 5 --threads 1 --record so.jsonl
     python benchmarks/search_efficiency.py --multi-objective --epochs 12 --budget-epochs 96 --seeds 8
+    # a candidate default: a 12-epoch recipe that restarts at epoch 3, pruned there by successive halving
+    python benchmarks/search_efficiency.py --epochs 12 --pruner successive_halving --rung 3 --restart-at-rung \
+        --budget-epochs 120 --seeds 10 --judge-seeds 2
 """
 
 from __future__ import annotations
@@ -101,12 +104,34 @@ class Judge:
         return self.cache[key]
 
 
+def candidate_spec(spec, pruner: str | None, rung: int | None, restart: bool):
+    """The space with a candidate default search: ``pruner`` replaces its pruner, ``rung`` its first rung
+    (search.pruner_min_epochs), and ``restart`` restarts the schedule there for both methods (a recipe setting,
+    so random search trains the same schedule). The name says what changed."""
+    from runners.optuna_engine import warmup_end
+
+    search = dataclasses.replace(spec.search, **{k: v for k, v in (("pruner", pruner), ("pruner_min_epochs", rung))
+                                                 if v})
+    spec, name = dataclasses.replace(spec, search=search), f"default ({search.sampler}+{search.pruner})"
+    if restart:
+        at = max(search.pruner_min_epochs, warmup_end(spec))
+        if at >= spec.train.epochs:
+            raise SystemExit(f"a restart at epoch {at} does not fit a {spec.train.epochs}-epoch trial; use a longer "
+                             f"--epochs or a smaller --rung")
+        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, restart_epochs=[at]))
+    return spec, name
+
+
 def single_objective(spec, args, tmp: Path) -> None:
-    methods = {f"default ({spec.search.sampler}+{spec.search.pruner})": (spec.search.sampler, spec.search.pruner),
-               "random, no pruning": ("random", "none")}
+    spec, default = candidate_spec(spec, args.pruner, args.rung, args.restart_at_rung)
+    methods = {default: (spec.search.sampler, spec.search.pruner), "random, no pruning": ("random", "none")}
     judge = Judge(args.factor, args.judge_seeds)
+    restarts = list(spec.train.restart_epochs)
     done = read_record(args.record, judge_seeds=args.judge_seeds, budget=args.budget_epochs,
-                       epochs_per_trial=spec.train.epochs)
+                       epochs_per_trial=spec.train.epochs, restart_epochs=restarts,
+                       first_rung=spec.search.pruner_min_epochs if spec.search.pruner != "none" else None)
+    if restarts:
+        print(f"both methods train a schedule that restarts at epoch {restarts[0]}", flush=True)
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for i, (method, (sampler, pruner)) in enumerate(methods.items()):
             if (method, seed) in done:
@@ -114,11 +139,12 @@ def single_objective(spec, args, tmp: Path) -> None:
             r = search_once(spec, sampler, pruner, seed, args.budget_epochs, tmp / f"so-{i}-{seed}", args.verbose)
             r["judged"] = judge(r["arch"])
             row = {"method": method, "seed": seed, "judge_seeds": args.judge_seeds, "budget": args.budget_epochs,
-                   "epochs_per_trial": spec.train.epochs,
+                   "epochs_per_trial": spec.train.epochs, "restart_epochs": restarts,
+                   "first_rung": spec.search.pruner_min_epochs if spec.search.pruner != "none" else None,
                    **{k: r[k] for k in ("proxy", "judged", "epochs", "trials", "full", "seconds")}}
             done[(method, seed)] = row
             append_record(args.record, row)
-            print(f"seed {seed:>2}  {method:<26} proxy {r['proxy']:.4f}  {args.factor}x-trained {r['judged']:.4f}  "
+            print(f"seed {seed:>2}  {method:<{max(map(len, methods))}}  proxy {r['proxy']:.4f}  {args.factor}x-trained {r['judged']:.4f}  "
                   f"epochs {r['epochs']:>3}  trials {r['trials']:>3} ({r['full']} full)  {r['seconds']:.0f}s",
                   flush=True)
     print_single_objective(list(methods), done, args.factor, args.judge_seeds)
@@ -153,11 +179,12 @@ def print_single_objective(methods: list[str], done: dict, factor: int, judge_se
         return
     each = f", mean of {judge_seeds} trainings" if judge_seeds > 1 else ""
     print(f"\n{factor}x-trained accuracy of the architecture each search returns ({len(seeds)} seeds{each}):")
-    print(f"{'method':<27} {'mean +- sd':<20}proxy   epochs  trials")
+    w = max(27, max(map(len, methods)) + 1)
+    print(f"{'method':<{w}} {'mean +- sd':<20}proxy   epochs  trials")
     for method, rs in rows.items():
         judged = [r["judged"] for r in rs]
         sd = statistics.stdev(judged) if len(judged) > 1 else 0.0
-        print(f"{method:<27} {statistics.mean(judged):.4f} +- {sd:.4f}    "
+        print(f"{method:<{w}} {statistics.mean(judged):.4f} +- {sd:.4f}    "
               f"{statistics.mean(r['proxy'] for r in rs):.4f}  {statistics.mean(r['epochs'] for r in rs):>6.1f}  "
               f"{statistics.mean(r['trials'] for r in rs):>6.1f}")
     a, b = ([r["judged"] for r in rs] for rs in rows.values())
@@ -328,10 +355,14 @@ def main(argv=None) -> int:
                                                                "judge a returned architecture (default 1)")
     p.add_argument("--multi-objective", action="store_true", help="compare pruning by non-dominated rank against "
                                                                   "none on val_accuracy x params instead")
-    p.add_argument("--rung", type=int, help="--multi-objective: the pruned search cuts at this epoch (default: the "
-                                            "first after warmup)")
-    p.add_argument("--restart-at-rung", action="store_true", help="--multi-objective: the pruned search's schedule "
-                                                                  "restarts at the rung (train.restart_epochs)")
+    p.add_argument("--rung", type=int, help="the pruned search's first rung (search.pruner_min_epochs; "
+                                            "default: the space's, and never before the end of warmup)")
+    p.add_argument("--restart-at-rung", action="store_true", help="the schedule restarts at the rung "
+                                                                  "(train.restart_epochs): with --multi-objective "
+                                                                  "the pruned search's; alone, both methods'")
+    p.add_argument("--pruner", choices=("none", "median", "successive_halving", "hyperband"),
+                   help="one objective: the default search's pruner (default: the space's), to measure a "
+                        "candidate default")
     p.add_argument("--restart-unpruned", action="store_true", help="--multi-objective with --restart-at-rung: the "
                                                                    "unpruned search restarts at the rung too")
     p.add_argument("--epochs", type=int, help="epochs per full trial (default: the space's train.epochs)")

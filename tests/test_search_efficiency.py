@@ -65,3 +65,18 @@ def test_multi_objective_summary_reads_the_hypervolume_at_the_budget(capsys):
     assert "0.0000  0.6500  0.6500  0.8250" in out and "0.3750  0.6250  0.6600  0.8300" in out
     assert "(per seed; -: not within the budget): 60, -" in out  # seed 0 reached 0.80 at 60; seed 1 never 0.85
     assert "reached in 1 of 2 seeds, with 62% of the epochs" in out
+
+
+def test_a_candidate_default_changes_the_pruner_and_restarts_both_methods_at_the_rung():
+    import dataclasses
+
+    from search_space.spec import load_spec
+
+    space = load_spec(ROOT / "spaces" / "resnest.yaml")
+    space = dataclasses.replace(space, train=dataclasses.replace(space.train, epochs=12))
+    candidate, name = se.candidate_spec(space, "successive_halving", 3, restart=True)
+    assert name == "default (tpe+successive_halving)"
+    assert candidate.search.pruner_min_epochs == 3 and list(candidate.train.restart_epochs) == [3]
+    assert se.candidate_spec(space, None, None, restart=False) == (space, "default (tpe+none)")
+    with pytest.raises(SystemExit, match="does not fit a 12-epoch trial"):
+        se.candidate_spec(space, "successive_halving", 12, restart=True)
