@@ -94,7 +94,8 @@ class Judge:
     def one(self, arch, k: int) -> float:
         from runners.train import train
 
-        config = dataclasses.replace(arch.train, epochs=arch.train.epochs * self.factor)
+        # a plain complete schedule, as the audit's truth: a restart is a search device (for a rung), not the truth
+        config = dataclasses.replace(arch.train, epochs=arch.train.epochs * self.factor, restart_epochs=[])
         key = (dump_spec(dataclasses.replace(arch, name="judged", train=config)), k)
         if key not in self.cache:
             size = config.image_size or arch.model.input_size
@@ -153,13 +154,16 @@ def single_objective(spec, args, tmp: Path) -> None:
 def read_record(path, **settings) -> dict:
     """Rows of earlier runs (``--record``): one JSON object per line, keyed by (method, seed). Rows that name a
     different value for one of ``settings`` (judge seeds, budget, epochs per trial) are runs of another
-    comparison and are skipped; a row without the key predates it and is kept."""
+    comparison and are skipped. A row without a key predates it: it judged once, without restarts or a
+    pruner's rung, and is kept for a budget or epoch count it did not record."""
     import json
 
     if not path or not Path(path).exists():
         return {}
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return {(r["method"], r["seed"]): r for r in rows if all(r.get(k, v) == v for k, v in settings.items())}
+    before = {"judge_seeds": 1, "restart_epochs": [], "first_rung": None}  # what rows meant before the key existed
+    return {(r["method"], r["seed"]): r for r in rows
+            if all(r.get(k, before.get(k, v)) == v for k, v in settings.items())}
 
 
 def append_record(path, row: dict) -> None:
@@ -330,14 +334,17 @@ def print_multi_objective(methods: list[str], done: dict, spec, budget: int) -> 
     for method in methods:
         print(f"  {method:<{w}}" + "  ".join(f"{statistics.mean(at(method, s, q) for s in seeds):.4f}"
                                             for q in quarters))
-    needed = [epochs_to_reach(done[(methods[1], s)]["trajectory"], a[i]) for i, s in enumerate(seeds)]
-    line = ", ".join(str(e) if e is not None and e <= budget else "-" for e in needed)
-    reached = [e for e in needed if e is not None and e <= budget]
-    print(f"epochs the pruned search needed to reach the unpruned search's hypervolume at {budget} (per seed; "
-          f"-: not within the budget): {line}")
-    if reached:
-        print(f"reached in {len(reached)} of {len(seeds)} seeds, with {statistics.mean(reached) / budget:.0%} of the "
-              f"epochs on average (median {statistics.median(reached) / budget:.0%})")
+    # against the epochs the unpruned search itself needed for that value (often fewer than the budget)
+    pairs = [(epochs_to_reach(done[(methods[1], s)]["trajectory"], a[i]),
+              epochs_to_reach(done[(methods[0], s)]["trajectory"], a[i])) for i, s in enumerate(seeds)]
+    line = ", ".join(f"{p}/{u}" if p is not None and p <= budget else f"-/{u}" for p, u in pairs)
+    ratios = [p / u for p, u in pairs if p is not None and p <= budget]
+    print(f"epochs the pruned / unpruned search needed to reach the unpruned search's hypervolume at {budget} "
+          f"(per seed; -: not within the budget): {line}")
+    fewer = sum(r < 1 for r in ratios)
+    if ratios:
+        print(f"pruned reached it in {len(ratios)} of {len(seeds)} seeds, with fewer epochs in {fewer}; pruned / "
+              f"unpruned epochs {statistics.mean(ratios):.0%} on average (median {statistics.median(ratios):.0%})")
 
 
 def main(argv=None) -> int:
@@ -362,7 +369,8 @@ def main(argv=None) -> int:
                                                                   "the pruned search's; alone, both methods'")
     p.add_argument("--pruner", choices=("none", "median", "successive_halving", "hyperband"),
                    help="one objective: the default search's pruner (default: the space's), to measure a "
-                        "candidate default")
+                        "candidate default; with --restart-at-rung, successive_halving (hyperband's later "
+                        "brackets start past the restart)")
     p.add_argument("--restart-unpruned", action="store_true", help="--multi-objective with --restart-at-rung: the "
                                                                    "unpruned search restarts at the rung too")
     p.add_argument("--epochs", type=int, help="epochs per full trial (default: the space's train.epochs)")
@@ -372,6 +380,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.budget_epochs < 1 or args.seeds < 1 or args.factor < 1 or args.judge_seeds < 1:
         p.error("--budget-epochs, --seeds, --factor and --judge-seeds must be at least 1")
+    if args.multi_objective and args.pruner:
+        p.error("--pruner is for one objective; --multi-objective compares non-dominated-rank pruning with none")
     import torch
 
     torch.set_num_threads(args.threads or cpu_threads(1))

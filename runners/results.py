@@ -20,7 +20,7 @@ from search_space.schema import SpecError
 from search_space.spec import Spec, dump_spec, load_spec
 
 from .progress import Progress, count, duration
-from .trial import DataCache, direction, trial_dir, trial_name, write_text
+from .trial import DataCache, direction, fixed_image_size, trial_dir, trial_name, with_io, write_text
 
 FINISHED = ("complete", "pruned", "failed")
 
@@ -127,17 +127,23 @@ def format_value(objective: str, value: float) -> str:
 
 
 def trial_spec(spec: Spec, out: Path, record: TrialRecord) -> Spec:
-    """A trial's architecture: its arch.yaml, or rebuilt from its params (a trial run on another machine)."""
+    """A trial's architecture: its arch.yaml, or rebuilt from its params (a trial run on another machine), as the
+    trial built it: at the run's image size, with the data's channels and classes (its "io" attribute)."""
     path = trial_dir(out, record.number) / "arch.yaml"
     if path.exists():
         return load_spec(path)
     warm = record.attrs.get("warm_start")
     if warm and not record.attrs.get("in_space", True):
         arch = load_spec(warm)
-        rebuilt = dataclasses.replace(spec, model=arch.model,
+        model = dataclasses.replace(arch.model, input_size=fixed_image_size(spec) or arch.model.input_size,
+                                    in_channels=None, num_classes=None)
+        rebuilt = dataclasses.replace(spec, model=model,
                                       train=resolve_dataclass(spec.train, "train.", FixedSuggester(record.params)))
     else:
         rebuilt = sample(spec, FixedSuggester(record.params))
+    io = record.attrs.get("io")
+    if isinstance(io, (list, tuple)) and len(io) == 2:
+        rebuilt = with_io(rebuilt, int(io[0]), int(io[1]))
     return dataclasses.replace(rebuilt, name=trial_name(spec.name, record.number), search=SearchConfig())
 
 

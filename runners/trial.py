@@ -209,6 +209,12 @@ class DataCache:
         return self._cache[key]
 
 
+def with_io(spec: Spec, in_channels: int, num_classes: int) -> Spec:
+    """``spec`` with the input channels and classes of the data it is trained on written into its model."""
+    return dataclasses.replace(spec, model=dataclasses.replace(spec.model, in_channels=in_channels,
+                                                               num_classes=num_classes))
+
+
 def fixed_image_size(spec: Spec) -> Optional[int]:
     """The input size every trial of a space trains at, when the space fixes it."""
     from search_space.schema import is_choice
@@ -249,7 +255,7 @@ class Evaluator:
         t0 = time.perf_counter()
         info: dict[str, Any] = {"trial": number, "worker": self.worker}
         if warm:
-            info["warm_start"] = warm
+            info.update(warm_start=warm, in_space=in_space)
         arch_yaml = None
 
         def end(state, status, reason, values=None) -> Outcome:
@@ -289,12 +295,13 @@ class Evaluator:
             return end("pruned", "infeasible", str(e))
         except Exception as e:  # noqa: BLE001
             return end("failed", "error", f"cost model failed: {type(e).__name__}: {first_line(e)}")
-        info.update(params=cost.params, macs=cost.macs, blocks=block_summary(sampled.model))
-        for key in ("params", "macs", "blocks"):
+        # the recorded architecture names the data's shape (in_channels, num_classes), so best.yaml compiles and
+        # exports as it was trained; "io" lets results rebuild it for a trial whose arch.yaml is elsewhere
+        sampled = with_io(sampled, data.channels, data.num_classes)
+        info.update(params=cost.params, macs=cost.macs, blocks=block_summary(sampled.model),
+                    io=[data.channels, data.num_classes])
+        for key in ("params", "macs", "blocks", "io"):
             hooks.set_attr(key, info[key])
-        # the recorded architecture names the data's shape, so best.yaml compiles and exports as it was trained
-        sampled = dataclasses.replace(sampled, model=dataclasses.replace(
-            sampled.model, in_channels=data.channels, num_classes=data.num_classes))
         arch_yaml = dump_spec(sampled)
         hooks.on_arch(number, arch_yaml)
 

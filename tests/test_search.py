@@ -87,6 +87,12 @@ def test_run_writes_trials_table_and_best(tmp_path, capsys):
     assert main(["compile", str(out / "best.yaml")]) == 0
     size = best.model.input_size
     assert create_model(run=out).eval()(torch.zeros(2, 1, size, size)).shape == (2, 10)
+    # a trial whose arch.yaml is elsewhere (run on another machine) is rebuilt from its params, shape included
+    from runners.results import records_from_files, trial_spec
+
+    (out / "trials" / str(winner.number) / "arch.yaml").rename(tmp_path / "elsewhere.yaml")
+    record = next(r for r in records_from_files(out) if r.number == winner.number)
+    assert trial_spec(load_spec(tmp_path / "space.yaml"), out, record).model == best.model
     table = capsys.readouterr().out
     assert "rank" in table and "blocks (per stage)" in table
 
@@ -224,6 +230,11 @@ def test_warm_start_runs_listed_architectures_first(tmp_path):
     assert second.user_attrs["warm_start"].endswith("outside.yaml") and not second.user_attrs["in_space"]
     got = load_spec(out / "trials/1/arch.yaml").model
     assert got.stem.width == 12 and got.stages[0].width == 24 and got.input_size == 8  # trained at the run's size
+    from runners.results import records_from_files, trial_spec  # rebuilt without its arch.yaml: the same
+
+    (out / "trials/1/arch.yaml").rename(tmp_path / "elsewhere.yaml")
+    assert trial_spec(load_spec(path), out, next(r for r in records_from_files(out) if r.number == 1)).model == got
+    (tmp_path / "elsewhere.yaml").rename(out / "trials/1/arch.yaml")
     assert "warm start inside.yaml" in log
     run(path, out)  # a rerun does not enqueue them again
     assert sum("warm_start" in t.user_attrs for t in load(out).trials) == 2

@@ -41,6 +41,11 @@ def test_records_of_another_comparison_are_skipped(tmp_path):
         se.append_record(str(path), row)
     kept = se.read_record(str(path), budget=96, epochs_per_trial=12)
     assert sorted(kept) == [("a", 0), ("b", 0)]
+    # a comparison with a restart and a rung keeps only its own rows: older rows trained without either
+    se.append_record(str(path), {"method": "a", "seed": 2, "budget": 96, "epochs_per_trial": 12,
+                                 "restart_epochs": [3], "first_rung": 3})
+    assert sorted(se.read_record(str(path), budget=96, restart_epochs=[3], first_rung=3)) == [("a", 2)]
+    assert ("a", 2) not in se.read_record(str(path), budget=96, restart_epochs=[], first_rung=None)
 
 
 def test_multi_objective_summary_reads_the_hypervolume_at_the_budget(capsys):
@@ -50,7 +55,7 @@ def test_multi_objective_summary_reads_the_hypervolume_at_the_budget(capsys):
         (plain, 0): {"hypervolume": 0.80, "epochs": 96, "trials": 8,
                      "trajectory": [[48, 0.70], [96, 0.80]]},
         (pruned, 0): {"hypervolume": 0.90, "epochs": 99, "trials": 15,
-                      "trajectory": [[24, 0.75], [60, 0.82], [99, 0.90]]},
+                      "trajectory": [[24, 0.75], [48, 0.82], [99, 0.90]]},
         (plain, 1): {"hypervolume": 0.85, "epochs": 96, "trials": 8,
                      "trajectory": [[48, 0.60], [96, 0.85]]},
         (pruned, 1): {"hypervolume": 0.84, "epochs": 96, "trials": 14,
@@ -62,9 +67,10 @@ def test_multi_objective_summary_reads_the_hypervolume_at_the_budget(capsys):
     assert "0.8250 +- " in out and "0.8300 +- " in out  # (0.80 + 0.85) / 2 and (0.82 + 0.84) / 2
     assert "hypervolume at 96 epochs: mean +0.0050; pruned higher in 1 of 2 seeds" in out
     # anytime means after 24, 48, 72 and 96 epochs
-    assert "0.0000  0.6500  0.6500  0.8250" in out and "0.3750  0.6250  0.6600  0.8300" in out
-    assert "(per seed; -: not within the budget): 60, -" in out  # seed 0 reached 0.80 at 60; seed 1 never 0.85
-    assert "reached in 1 of 2 seeds, with 62% of the epochs" in out
+    assert "0.0000  0.6500  0.6500  0.8250" in out and "0.3750  0.6600  0.6600  0.8300" in out
+    # seed 0: 0.80 reached at 48 epochs pruned, 96 unpruned; seed 1: 0.85 never reached by the pruned search
+    assert "(per seed; -: not within the budget): 48/96, -/96" in out
+    assert "pruned reached it in 1 of 2 seeds, with fewer epochs in 1; pruned / unpruned epochs 50% on average" in out
 
 
 def test_a_candidate_default_changes_the_pruner_and_restarts_both_methods_at_the_rung():
