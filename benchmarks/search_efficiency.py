@@ -109,13 +109,13 @@ def candidate_spec(spec, pruner: str | None, rung: int | None, restart: bool):
     """The space with a candidate default search: ``pruner`` replaces its pruner, ``rung`` its first rung
     (search.pruner_min_epochs), and ``restart`` restarts the schedule there for both methods (a recipe setting,
     so random search trains the same schedule). The name says what changed."""
-    from runners.optuna_engine import warmup_end
+    from runners.optuna_engine import first_rung, warmup_end
 
     search = dataclasses.replace(spec.search, **{k: v for k, v in (("pruner", pruner), ("pruner_min_epochs", rung))
                                                  if v})
     spec, name = dataclasses.replace(spec, search=search), f"default ({search.sampler}+{search.pruner})"
     if restart:
-        at = max(search.pruner_min_epochs, warmup_end(spec))
+        at = first_rung(search, spec.train.epochs, warmup_end(spec))
         if at >= spec.train.epochs:
             raise SystemExit(f"a restart at epoch {at} does not fit a {spec.train.epochs}-epoch trial; use a longer "
                              f"--epochs or a smaller --rung")

@@ -116,6 +116,12 @@ def warmup_end(spec: Spec) -> int:
     return math.ceil(float(largest(spec.train.warmup_epochs))) + 1
 
 
+def first_rung(search: SearchConfig, epochs: int, first_epoch: int = 1) -> int:
+    """The first epoch a pruner may read: ``pruner_min_epochs``, never before ``first_epoch`` (the end of warmup),
+    never past the last epoch. Every pruner, on both engines, starts here."""
+    return min(max(search.pruner_min_epochs, first_epoch), epochs)
+
+
 def make_pruner(search: SearchConfig, epochs: int, objectives: list[str],
                 first_epoch: int = 1) -> tuple[optuna.pruners.BasePruner, str]:
     """The pruner and a note for the user ('' when none is needed). Pruning reads the per-epoch validation
@@ -131,7 +137,7 @@ def make_pruner(search: SearchConfig, epochs: int, objectives: list[str],
     if objectives != ["val_accuracy"]:
         return optuna.pruners.NopPruner(), (f"note: pruning reads validation accuracy; pruner '{search.pruner}' "
                                             f"is off for objective {objectives[0]}")
-    first = min(max(search.pruner_min_epochs, first_epoch), epochs)
+    first = first_rung(search, epochs, first_epoch)
     if search.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=search.pruner_startup_trials, n_warmup_steps=first), ""
     if search.pruner == "successive_halving":
@@ -149,7 +155,7 @@ def mo_rungs(search: SearchConfig, epochs: int, objectives: list[str], first_epo
 
     if len(objectives) < 2 or "val_accuracy" not in objectives or search.pruner == "none":
         return []
-    return rungs(min(max(search.pruner_min_epochs, first_epoch), epochs), epochs, MO_REDUCTION_FACTOR)[:1]
+    return rungs(first_rung(search, epochs, first_epoch), epochs, MO_REDUCTION_FACTOR)[:1]
 
 
 def max_epochs(spec: Spec) -> int:

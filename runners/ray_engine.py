@@ -120,7 +120,7 @@ def make_scheduler(search: SearchConfig, epochs: int, objectives: list[str], fir
     of warmup, before which accuracy ranks nothing, so no rung lies there."""
     from ray.tune.schedulers import ASHAScheduler, AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
 
-    from .optuna_engine import MO_REDUCTION_FACTOR, mo_rungs
+    from .optuna_engine import MO_REDUCTION_FACTOR, first_rung, mo_rungs
 
     if search.pruner != "none" and len(objectives) > 1 and "val_accuracy" in objectives:
         rungs = mo_rungs(search, epochs, objectives, first_epoch)
@@ -129,7 +129,7 @@ def make_scheduler(search: SearchConfig, epochs: int, objectives: list[str], fir
                     "non-dominated-rank successive halving")
     if search.pruner == "none" or objectives != ["val_accuracy"]:
         return FIFOScheduler(), "fifo"
-    first = max(1, min(max(search.pruner_min_epochs, first_epoch), epochs))
+    first = max(1, first_rung(search, epochs, first_epoch))
     common = dict(time_attr="training_iteration", metric="val_accuracy", mode="max")
     # a trial reports epochs 1..E-1, then its outcome (with epoch E's accuracy) as report E: max_t is E
     if search.pruner == "median":
