@@ -34,6 +34,7 @@ from search_space.spec import Spec, dump_spec, load_spec
 
 from . import fidelity_stats
 from .progress import Progress, duration
+from .trial import with_io
 
 MAX_TRIES_PER_MODEL = 200  # random draws per accepted architecture before the space is called too tight
 
@@ -73,6 +74,8 @@ def draw_architectures(spec: Spec, n: int, channels: int, num_classes: int, seed
             continue
         if spec.search.max_macs is not None and cost.macs > spec.search.max_macs:
             continue
+        # with the data's shape, so models/<i>/arch.yaml compiles as it was trained
+        arch = with_io(arch, channels, num_classes)
         chosen.append(dataclasses.replace(arch, name=f"{spec.name}_f{len(chosen)}", search=SearchConfig()))
     return chosen
 

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .data import load_dataset
     from .train import cpu_threads, resolve_device, save_run, train
+    from .trial import with_io
 
     spec = load_spec(args.arch)
     if not spec.is_fixed():
@@ -81,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                    on_step=on_step)
     progress.clear()
 
-    saved = save_run(out, dataclasses.replace(spec, train=config), result, name=spec.name, arch=str(args.arch),
+    trained = with_io(dataclasses.replace(spec, train=config), data.channels, data.num_classes)  # the data's shape
+    saved = save_run(out, trained, result, name=spec.name, arch=str(args.arch),
                      dataset=data.summary(), image_size=data.image_size, config=dataclasses.asdict(config))
 
     where = f"saved {', '.join(saved)} in {out}"

@@ -31,6 +31,7 @@ def test_draw_is_seeded_feasible_and_in_budget():
     assert all(architecture_cost(a.model, input_size=16, in_channels=3, num_classes=10).params <= 2.0e5
                for a in first)
     assert len({str(a.model) for a in first}) == 4
+    assert all((a.model.in_channels, a.model.num_classes) == (3, 10) for a in first)  # models/<i>/arch.yaml compiles
 
 
 def test_plan_runs_proxies_first_then_long_runs_seed_by_seed():

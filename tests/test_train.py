@@ -334,8 +334,9 @@ def test_search_train_saves_weights_metrics_and_the_architecture(tmp_path, cli):
     from search_space.spec import load_spec
 
     saved = load_spec(str(out / "arch.yaml"))
-    assert saved.train.epochs == 2 and saved.model == load_spec(str(arch)).model
-    model = build_model(saved.model, in_channels=1, num_classes=10)
+    given = load_spec(str(arch)).model
+    assert saved.train.epochs == 2 and saved.model == replace(given, in_channels=1, num_classes=10)
+    model = build_model(saved.model)  # the file carries the data's shape (digits: 1 channel, 10 classes)
     model.load_state_dict(state)
 
 
