@@ -49,23 +49,30 @@ def epochs_spent(study) -> int:
 
 
 def open_search(spec, sampler: str, pruner: str, seed: int, out: Path, verbose: bool, **search_changes):
+    """A search with no trial limit (:func:`spend` stops it at a budget), whose sampler starts randomly for as
+    many trials as the space's own trial count gives it."""
+    from runners.optuna_engine import startup_trials
+
     search = dataclasses.replace(spec.search, sampler=sampler, pruner=pruner, seed=seed, storage=None,
-                                 warm_start=[], workers=1, final_epochs=None, **search_changes)
+                                 warm_start=[], workers=1, final_epochs=None, trials=10**6,
+                                 startup_trials=startup_trials(spec.search), **search_changes)
     run = SearchRun(dataclasses.replace(spec, search=search), out,
                     progress=Progress() if verbose else Progress(stream=io.StringIO(), tty=False))
     return run, run.open()
 
 
-def search_once(spec, sampler: str, pruner: str, seed: int, budget: int, out: Path, verbose: bool) -> dict:
-    """One single-objective search at an epoch budget; returns its best full-length trial's architecture."""
-    from runners.optuna_engine import startup_trials
-
-    # trials are started until the budget is spent; the sampler's random start is the one the space's trials give
-    run, study = open_search(spec, sampler, pruner, seed, out, verbose, trials=10**6,
-                             startup_trials=startup_trials(spec.search))
-    start = time.perf_counter()
+def spend(run, study, budget: int, after_trial=lambda: None) -> None:
+    """Start trials until the search has trained ``budget`` epochs; the trial that crosses it finishes."""
     while epochs_spent(study) < budget:
         run.run_one()
+        after_trial()
+
+
+def search_once(spec, sampler: str, pruner: str, seed: int, budget: int, out: Path, verbose: bool) -> dict:
+    """One single-objective search at an epoch budget; returns its best full-length trial's architecture."""
+    run, study = open_search(spec, sampler, pruner, seed, out, verbose)
+    start = time.perf_counter()
+    spend(run, study, budget)
     full = spec.train.epochs
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.user_attrs.get("epochs") == full]
@@ -226,15 +233,11 @@ def front_hypervolume(study, limit: float) -> float:
 def multi_objective_once(spec, pruner: str, seed: int, budget: int, out: Path, verbose: bool) -> dict:
     """One val_accuracy x params search at an epoch budget; the hypervolume after every trial is kept, so the
     epochs a search needed to reach a given hypervolume can be read off."""
-    from runners.optuna_engine import startup_trials
-
-    run, study = open_search(spec, spec.search.sampler, pruner, seed, out, verbose, trials=10**6,
-                             startup_trials=startup_trials(spec.search), objectives=["val_accuracy", "params"])
+    run, study = open_search(spec, spec.search.sampler, pruner, seed, out, verbose,
+                             objectives=["val_accuracy", "params"])
     limit = spec.search.max_params or 1e6
     start, trajectory = time.perf_counter(), []
-    while epochs_spent(study) < budget:
-        run.run_one()
-        trajectory.append((epochs_spent(study), front_hypervolume(study, limit)))
+    spend(run, study, budget, lambda: trajectory.append((epochs_spent(study), front_hypervolume(study, limit))))
     return {"hypervolume": trajectory[-1][1], "epochs": trajectory[-1][0], "trials": len(study.trials),
             "front": len(study.best_trials), "trajectory": trajectory, "seconds": time.perf_counter() - start}
 
