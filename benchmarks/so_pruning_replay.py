@@ -1,0 +1,125 @@
+"""Can a pruned search beat random search here, and how many seeds would show it? Replays Optuna's successive
+halving and random search on the training curves a fidelity audit recorded, with no new training.
+
+``search fidelity`` keeps every long run's validation accuracy after each epoch. A search is replayed by drawing
+the audit's architectures in a random order until an epoch budget is spent: random search trains each to the end;
+the pruned search stops one at a rung (epoch k) unless its accuracy there is in the top 1/eta of the accuracies
+every earlier trial had at that rung, Optuna's ``SuccessiveHalvingPruner`` rule (the first eta - 1 trials go on
+only if best so far). Each search returns its best trial by final accuracy, and that architecture is judged by the
+final accuracy of its *other* long run (another seed: judging noise, as ``search_efficiency.py``'s one judging
+run has). The two searches draw independent orders, as the benchmark's two samplers do. Printed per budget: the
+mean judged accuracy of each, the mean and sd of their difference, how often the pruned search wins, and the seeds
+a paired test would need to detect that mean difference (80% power, 5% two-sided, normal approximation).
+
+    search fidelity spaces/resnest.yaml --out runs/audit       # first: the curves (long work; resumable)
+    python benchmarks/so_pruning_replay.py runs/audit --budget-epochs 36 60 120
+
+What it leaves out, so read it as a bound on what pruning alone can give: the sampler (TPE learns from earlier
+trials; the replay draws at random), the benchmark's longer judging schedule (the replay judges at the curve's
+length), and a real space's size (the pool is the audit's n architectures, drawn without replacement: a budget
+that lets the pruned search see most of the pool flatters random search; the share of such searches is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mo_pruning_replay import load_curves  # noqa: E402
+
+CONFIGS = (((2,), 3), ((3,), 3), ((3, 9), 3), ((3,), 2), ((3,), 4))
+
+
+def promotable(value: float, competing: list[float], eta: int) -> bool:
+    """Optuna's successive-halving rule for a maximised value; ``competing`` includes ``value``."""
+    ranked = sorted(competing, reverse=True)
+    return value >= ranked[max(len(ranked) // eta - 1, 0)]
+
+
+def replay(models: list[dict], order: list[tuple[int, int]], budget: int, rungs: tuple[int, ...], eta: int,
+           ) -> tuple[float, int, int, bool]:
+    """One search over ``order`` ((architecture, curve) pairs) until ``budget`` epochs are spent; no ``rungs``:
+    random search without pruning. Returns (judged accuracy of its pick, epochs, trials, pool ran out)."""
+    at: dict[int, list[float]] = {k: [] for k in rungs}
+    epochs, trials, best = 0, 0, None
+    for i, c in order:
+        if epochs >= budget:
+            break
+        curve = models[i]["curves"][c]
+        trials += 1
+        stopped = None
+        for k in rungs:
+            at[k].append(curve[k - 1])
+            if not promotable(curve[k - 1], at[k], eta):
+                stopped = k
+                break
+        if stopped is not None:
+            epochs += stopped
+            continue
+        epochs += len(curve)
+        if best is None or curve[-1] > best[0]:
+            best = (curve[-1], i, c)
+    if best is None:
+        return math.nan, epochs, trials, epochs < budget
+    _, i, c = best
+    curves = models[i]["curves"]
+    return curves[(c + 1) % len(curves)][-1], epochs, trials, epochs < budget
+
+
+def compare(models: list[dict], budget: int, rungs: tuple[int, ...], eta: int, reps: int, seed: int = 0) -> dict:
+    """``reps`` paired searches (pruned, random) at ``budget``; summary figures."""
+    rng = random.Random(seed)
+
+    def order() -> list[tuple[int, int]]:
+        return [(i, rng.randrange(len(models[i]["curves"]))) for i in rng.sample(range(len(models)), len(models))]
+
+    pairs = []
+    for _ in range(reps):
+        pruned, plain = replay(models, order(), budget, rungs, eta), replay(models, order(), budget, (), eta)
+        if not (math.isnan(pruned[0]) or math.isnan(plain[0])):
+            pairs.append((pruned, plain))
+    diffs = [p[0] - r[0] for p, r in pairs]
+    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+    return {"pruned": statistics.mean(p[0] for p, _ in pairs), "random": statistics.mean(r[0] for _, r in pairs),
+            "diff": mean, "sd": sd, "wins": sum(d > 0 for d in diffs) / len(diffs),
+            "losses": sum(d < 0 for d in diffs) / len(diffs),
+            "trials": statistics.mean(p[2] for p, _ in pairs), "random_trials": statistics.mean(r[2] for _, r in pairs),
+            "exhausted": sum(p[3] for p, _ in pairs) / len(pairs),
+            "seeds_needed": math.ceil(((1.96 + 0.84) * sd / mean) ** 2) if mean > 0 else None}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("audit", type=Path, help="a `search fidelity` run directory")
+    p.add_argument("--budget-epochs", type=int, nargs="+", default=[60, 120], help="epochs per search")
+    p.add_argument("--reps", type=int, default=4000, help="paired searches per row (default 4000)")
+    args = p.parse_args(argv)
+    models = load_curves(args.audit)
+    epochs = len(models[0]["curves"][0])
+    seeds = min(len(m["curves"]) for m in models)
+    print(f"{len(models)} architectures from {args.audit}, {epochs}-epoch curves, {seeds} per architecture "
+          f"({'the pick is judged on another seed' if seeds > 1 else 'one seed: the pick is judged on its own curve'}"
+          f"), {args.reps} paired searches per row")
+    for budget in args.budget_epochs:
+        print(f"\nbudget {budget} epochs: judged accuracy of the pick, successive halving against random search "
+              f"({budget // epochs} trials)")
+        print(f"{'rungs':<7}{'eta':<5}{'trials':<8}{'pruned':<8}{'random':<8}{'mean diff':<11}{'sd':<8}"
+              f"{'wins':<6}{'losses':<8}{'seeds needed':<14}pool ran out")
+        for rungs, eta in CONFIGS:
+            if max(rungs) >= epochs:
+                continue
+            r = compare(models, budget, rungs, eta, args.reps)
+            need = r["seeds_needed"] if r["seeds_needed"] is not None else "never"
+            print(f"{','.join(map(str, rungs)):<7}{eta:<5}{r['trials']:<8.1f}{r['pruned']:<8.4f}{r['random']:<8.4f}"
+                  f"{r['diff']:<+11.4f}{r['sd']:<8.4f}{r['wins']:<6.0%}{r['losses']:<8.0%}{need!s:<14}"
+                  f"{r['exhausted']:.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
