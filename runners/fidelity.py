@@ -132,11 +132,9 @@ class Audit:
                            f"{self.seeds} x {base.epochs * self.factor} epochs), device {self.device}; "
                            f"{len(runs) - len(todo)} of {len(runs)} runs already done in {self.out}")
         spent_epochs, spent_s = 0, 0.0
-        skipped = 0
         for done_now, r in enumerate(todo):
             claim = self._claim(r)
             if claim is None:
-                skipped += 1
                 continue  # another process sharing this run directory trains it now
             try:
                 if self.load(r) is not None:
@@ -154,8 +152,9 @@ class Audit:
             self.progress.line(f"{head}: {result['status']}, val "
                                f"{'-' if acc is None else f'{acc:.4f}'} in {duration(result['seconds'])}")
             self.write_report()
-        if skipped:
-            self.progress.line(f"{skipped} runs were being trained by another process sharing {self.out}; "
+        pending = sum(self.load(r) is None for r in runs)  # claimed by another process and not finished yet
+        if pending:
+            self.progress.line(f"{pending} runs are still being trained by another process sharing {self.out}; "
                                f"rerun when it is done for the complete figures")
         report = self.write_report()
         self.progress.line(summary(report))
