@@ -3,21 +3,24 @@ halving and random search on the training curves a fidelity audit recorded, with
 
 ``search fidelity`` keeps every long run's validation accuracy after each epoch. A search is replayed by drawing
 the audit's architectures in a random order until an epoch budget is spent: random search trains each to the end;
-the pruned search stops one at a rung (epoch k) unless its accuracy there is in the top 1/eta of the accuracies
-every earlier trial had at that rung, Optuna's ``SuccessiveHalvingPruner`` rule (the first eta - 1 trials go on
-only if best so far). Each search returns its best trial by final accuracy, and that architecture is judged by the
-final accuracy of its *other* long run (another seed: judging noise, as ``search_efficiency.py``'s one judging
-run has). The two searches draw independent orders, as the benchmark's two samplers do. Printed per budget: the
-mean judged accuracy of each, the mean and sd of their difference, how often the pruned search wins, and the seeds
-a paired test would need to detect that mean difference (80% power, 5% two-sided, normal approximation).
+the pruned search stops one at a rung unless its accuracy there is in the top 1/eta of the accuracies every
+earlier trial had at that rung, Optuna's ``SuccessiveHalvingPruner`` rule (the first 2 eta - 1 trials at a rung
+go on only if best so far). The rungs are the pruner's: the first rung r, then r eta, r eta^2, ... before the
+last epoch, with eta 3 as ``search run`` builds it. Each search returns its best trial by final accuracy, and that
+architecture is judged by the final accuracy of its *other* long run (another seed: judging noise, as
+``search_efficiency.py``'s one judging run has). The two searches draw independent orders, as the benchmark's
+two samplers do. Printed per budget: the mean judged accuracy of each, the mean and sd of their difference, how
+often the pruned search wins, and the seeds a paired test would need to detect that mean difference (80% power,
+5% two-sided, normal approximation).
 
     search fidelity spaces/resnest.yaml --out runs/audit       # first: the curves (long work; resumable)
     python benchmarks/so_pruning_replay.py runs/audit --budget-epochs 36 60 120
 
 What it leaves out, so read it as a bound on what pruning alone can give: the sampler (TPE learns from earlier
-trials; the replay draws at random), the benchmark's longer judging schedule (the replay judges at the curve's
-length), and a real space's size (the pool is the audit's n architectures, drawn without replacement: a budget
-that lets the pruned search see most of the pool flatters random search; the share of such searches is printed).
+trials; the replay draws at random), ``train.rung_ema_epochs`` (the replay reads the plain per-epoch accuracy),
+the benchmark's longer judging schedule (the replay judges at the curve's length), and a real space's size (the
+pool is the audit's n architectures, drawn without replacement: a budget that lets the pruned search see most of
+the pool flatters random search; the share of such searches is printed).
 """
 
 from __future__ import annotations
@@ -32,13 +35,34 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mo_pruning_replay import load_curves  # noqa: E402
 
-CONFIGS = (((2,), 3), ((3,), 3), ((3, 9), 3), ((3,), 2), ((3,), 4))
+FIRST_RUNGS = (2, 3, 4)  # search.pruner_min_epochs
+ETA = 3                  # runners.optuna_engine.make_pruner's reduction factor
+
+
+def rungs_of(first: int, epochs: int, eta: int = ETA) -> tuple[int, ...]:
+    """The epochs successive halving cuts at: ``first * eta**j`` before the last epoch (a trial is never pruned
+    at its last epoch)."""
+    out, k = [], first
+    while k < epochs:
+        out.append(k)
+        k *= eta
+    return tuple(out)
 
 
 def promotable(value: float, competing: list[float], eta: int) -> bool:
     """Optuna's successive-halving rule for a maximised value; ``competing`` includes ``value``."""
     ranked = sorted(competing, reverse=True)
     return value >= ranked[max(len(ranked) // eta - 1, 0)]
+
+
+def stop_epoch(curve: list[float], rungs: tuple[int, ...], eta: int, at: dict[int, list[float]]) -> int | None:
+    """The epoch at which the pruner stops a trial with this ``curve`` (None: it trains to the end); ``at`` holds
+    every earlier trial's accuracy at each rung and gets this trial's."""
+    for k in rungs:
+        at[k].append(curve[k - 1])  # the accuracy after epoch k
+        if not promotable(curve[k - 1], at[k], eta):
+            return k
+    return None
 
 
 def replay(models: list[dict], order: list[tuple[int, int]], budget: int, rungs: tuple[int, ...], eta: int,
@@ -52,12 +76,7 @@ def replay(models: list[dict], order: list[tuple[int, int]], budget: int, rungs:
             break
         curve = models[i]["curves"][c]
         trials += 1
-        stopped = None
-        for k in rungs:
-            at[k].append(curve[k - 1])
-            if not promotable(curve[k - 1], at[k], eta):
-                stopped = k
-                break
+        stopped = stop_epoch(curve, rungs, eta, at)
         if stopped is not None:
             epochs += stopped
             continue
@@ -106,16 +125,17 @@ def main(argv=None) -> int:
           f"({'the pick is judged on another seed' if seeds > 1 else 'one seed: the pick is judged on its own curve'}"
           f"), {args.reps} paired searches per row")
     for budget in args.budget_epochs:
-        print(f"\nbudget {budget} epochs: judged accuracy of the pick, successive halving against random search "
-              f"({budget // epochs} trials)")
-        print(f"{'rungs':<7}{'eta':<5}{'trials':<8}{'pruned':<8}{'random':<8}{'mean diff':<11}{'sd':<8}"
+        print(f"\nbudget {budget} epochs: judged accuracy of the pick, successive halving (eta {ETA}) against random "
+              f"search ({math.ceil(budget / epochs)} trials)")
+        print(f"{'rungs':<7}{'trials':<8}{'pruned':<8}{'random':<8}{'mean diff':<11}{'sd':<8}"
               f"{'wins':<6}{'losses':<8}{'seeds needed':<14}pool ran out")
-        for rungs, eta in CONFIGS:
-            if max(rungs) >= epochs:
+        for first in FIRST_RUNGS:
+            rungs = rungs_of(first, epochs)
+            if not rungs:
                 continue
-            r = compare(models, budget, rungs, eta, args.reps)
+            r = compare(models, budget, rungs, ETA, args.reps)
             need = r["seeds_needed"] if r["seeds_needed"] is not None else "never"
-            print(f"{','.join(map(str, rungs)):<7}{eta:<5}{r['trials']:<8.1f}{r['pruned']:<8.4f}{r['random']:<8.4f}"
+            print(f"{','.join(map(str, rungs)):<7}{r['trials']:<8.1f}{r['pruned']:<8.4f}{r['random']:<8.4f}"
                   f"{r['diff']:<+11.4f}{r['sd']:<8.4f}{r['wins']:<6.0%}{r['losses']:<8.0%}{need!s:<14}"
                   f"{r['exhausted']:.0%}")
     return 0

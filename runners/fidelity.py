@@ -152,10 +152,13 @@ class Audit:
             self.progress.line(f"{head}: {result['status']}, val "
                                f"{'-' if acc is None else f'{acc:.4f}'} in {duration(result['seconds'])}")
             self.write_report()
-        pending = sum(self.load(r) is None for r in runs)  # claimed by another process and not finished yet
-        if pending:
-            self.progress.line(f"{pending} runs are still being trained by another process sharing {self.out}; "
+        busy, lost = self._missing(runs)
+        if busy:
+            self.progress.line(f"{busy} runs are still being trained by another process sharing {self.out}; "
                                f"rerun when it is done for the complete figures")
+        if lost:  # another process held them and stopped before it finished them
+            self.progress.line(f"{lost} runs are missing (another process stopped before finishing them); rerun to "
+                               f"train them")
         report = self.write_report()
         self.progress.line(summary(report))
         return report
@@ -200,6 +203,20 @@ class Audit:
             os.close(fd)
             return None
         return fd
+
+    def _missing(self, runs: list[Run]) -> tuple[int, int]:
+        """Runs without a result: (held by another process now, held by none)."""
+        busy = lost = 0
+        for r in runs:
+            if self.load(r) is not None:
+                continue
+            claim = self._claim(r)
+            if claim is None:
+                busy += 1
+            else:
+                os.close(claim)
+                lost += 1
+        return busy, lost
 
     def _path(self, r: Run) -> Path:
         return self.out / "models" / str(r.model) / f"{r.name}.json"

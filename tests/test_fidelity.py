@@ -121,9 +121,10 @@ def test_bad_flags_exit_2_with_one_line(cli, tmp_path, flag, value, field):
     assert r.err.count("\n") == 1 and field in r.err and value in r.err
 
 
-def test_a_run_another_process_finished_meanwhile_is_not_reported_as_pending(tmp_path, single_thread, monkeypatch):
-    """Skipped because another process held it, then finished by that process before this one ends: the audit is
-    complete, and no 'rerun' line is printed."""
+@pytest.mark.parametrize("other", ["finishes", "stops"])
+def test_runs_another_process_held_are_reported_by_what_became_of_them(tmp_path, single_thread, monkeypatch, other):
+    """Skipped because another process held it; that process then finishes the run before this one ends (the
+    audit is complete, no 'rerun' line) or stops without it (the run is missing, and the line says so)."""
     import fcntl
     import os
     import shutil
@@ -134,14 +135,21 @@ def test_a_run_another_process_finished_meanwhile_is_not_reported_as_pending(tmp
     fcntl.flock(held, fcntl.LOCK_EX)  # as another process training model 0's proxy run
     train_one = Audit._train
 
-    def and_the_other_process_finishes(self, r, head):
+    def meanwhile(self, r, head):
         result = train_one(self, r, head)
-        if r.model == 1 and r.kind == "proxy":  # meanwhile, "the other process" writes model 0's proxy run
-            shutil.copy(tmp_path / "models" / "1" / "proxy-e1-s0.json", tmp_path / "models" / "0" / "proxy-e1-s0.json")
+        if r.model == 1 and r.kind == "proxy":  # meanwhile, "the other process" finishes or stops
+            if other == "finishes":
+                shutil.copy(tmp_path / "models" / "1" / "proxy-e1-s0.json",
+                            tmp_path / "models" / "0" / "proxy-e1-s0.json")
+            os.close(held)
         return result
 
-    monkeypatch.setattr(Audit, "_train", and_the_other_process_finishes)
+    monkeypatch.setattr(Audit, "_train", meanwhile)
     stream = io.StringIO()
     report = Audit(spec, tmp_path, n=3, factor=2, seeds=1, progress=Progress(tty=False, stream=stream)).run()
-    os.close(held)
-    assert report["complete"] and "still being trained" not in stream.getvalue()
+    out = stream.getvalue()
+    assert "being trained by another process" not in out
+    if other == "finishes":
+        assert report["complete"] and "missing" not in out
+    else:
+        assert not report["complete"] and "1 runs are missing (another process stopped" in out

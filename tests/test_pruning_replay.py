@@ -33,6 +33,32 @@ def test_rule_is_optunas_successive_halving(eta):
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
 
 
+@pytest.mark.parametrize("first", [2, 3])
+def test_whole_curves_stop_where_a_real_study_stops_them(first):
+    """12-epoch curves reported epoch by epoch to a study with the pruner ``search run`` builds
+    (SuccessiveHalvingPruner, eta 3, never at the last epoch): every trial stops at the epoch the replay says,
+    at the first rung or a later one (first * 3, ...)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=first, reduction_factor=replay_module.ETA))
+    rungs = replay_module.rungs_of(first, 12)
+    assert rungs == {2: (2, 6), 3: (3, 9)}[first]
+    rng, at, stops = random.Random(first), {k: [] for k in rungs}, set()
+    for _ in range(40):
+        curve = [round(min(1.0, 0.1 + e * rng.uniform(0.02, 0.09) + rng.gauss(0, 0.03)), 2) for e in range(1, 13)]
+        trial, stopped = study.ask(), None
+        for epoch, value in enumerate(curve, start=1):
+            trial.report(value, epoch)
+            if epoch < len(curve) and trial.should_prune():
+                stopped = epoch
+                break
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED if stopped else optuna.trial.TrialState.COMPLETE,
+                   values=None if stopped else [curve[-1]])
+        assert replay_module.stop_epoch(curve, rungs, replay_module.ETA, at) == stopped
+        stops.add(stopped)
+    assert {None, *rungs} <= stops  # some go to the end, some stop at each rung
+
+
 def test_replayed_search_spends_prunes_and_judges_on_the_other_seed():
     models = [{"curves": [[0.5, 0.6, 0.7, 0.8], [0.5, 0.6, 0.7, 0.75]]},
               {"curves": [[0.3, 0.4, 0.9, 0.95], [0.3, 0.4, 0.9, 0.90]]},   # slow start: cut at rung 2
