@@ -210,9 +210,15 @@ def print_single_objective(methods: list[str], done: dict, factor: int, judge_se
         print(f"Wilcoxon signed-rank (paired by seed): two-sided p = {two:.4f}, one-sided (default better) p = "
               f"{one:.4f}")
         sd = statistics.stdev(diffs)
-        need = [(d, math.ceil(((1.96 + 0.84) * sd / d) ** 2)) for d in (0.005, 0.01, 0.02)]
+        need = [(d, seeds_needed(sd, d)) for d in (0.005, 0.01, 0.02)]
         print(f"sd of the paired differences {sd:.4f}: seeds needed to detect a true difference of "
               + ", ".join(f"{d:.3f} ({n})" for d, n in need) + " (80% power, 5% two-sided, normal approximation)")
+
+
+def seeds_needed(sd: float, difference: float) -> int:
+    """Seeds a paired test needs to detect a true ``difference`` when paired differences have this ``sd`` (80%
+    power, 5% two-sided, normal approximation)."""
+    return math.ceil(((1.96 + 0.84) * sd / difference) ** 2)
 
 
 def hypervolume_2d(points: list[tuple[float, float]], reference: tuple[float, float] = (1.0, 1.0)) -> float:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mo_pruning_replay import load_curves  # noqa: E402
+from search_efficiency import seeds_needed  # noqa: E402
 
 FIRST_RUNGS = (2, 3, 4)  # search.pruner_min_epochs
 ETA = 3                  # runners.optuna_engine.make_pruner's reduction factor
@@ -109,7 +110,7 @@ def compare(models: list[dict], budget: int, rungs: tuple[int, ...], eta: int, r
             "losses": sum(d < 0 for d in diffs) / len(diffs),
             "trials": statistics.mean(p[2] for p, _ in pairs), "random_trials": statistics.mean(r[2] for _, r in pairs),
             "exhausted": sum(p[3] for p, _ in pairs) / len(pairs),
-            "seeds_needed": math.ceil(((1.96 + 0.84) * sd / mean) ** 2) if mean > 0 else None}
+            "seeds_needed": seeds_needed(sd, mean) if mean > 0 else None}
 
 
 def main(argv=None) -> int:
