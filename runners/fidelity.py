@@ -18,6 +18,7 @@ to ``fidelity.json`` and ``fidelity.png``; :mod:`runners.fidelity_stats` compute
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
@@ -184,7 +185,7 @@ class Audit:
             raise KeyboardInterrupt
         record = {"model": r.model, "kind": r.kind, "epochs": r.epochs, "seed": r.seed, "status": result.status,
                   "reason": result.reason, "val_accuracy": result.val_accuracy, "seconds": result.seconds,
-                  "lr": config.lr, "history": [h["val_accuracy"] for h in result.history],
+                  "lr": config.lr, "device": result.device, "history": [h["val_accuracy"] for h in result.history],
                   "rung_history": [h.get("rung_accuracy") for h in result.history]}
         write_json(self._path(r), fidelity_stats.finite(record))  # atomic: a kill never leaves half a record
         return record
@@ -249,7 +250,8 @@ class Audit:
                          "truncated": self._acc_at(longs[0], base.epochs), "lr": proxy["lr"],
                          "rungs": [self._rung_at(proxy, k) for k in range(1, base.epochs)],
                          "long_rungs": [self._rung_at(longs[0], k) for k in range(1, long_epochs)],
-                         "failed": sum(x["status"] != "ok" for x in [proxy, *longs])})
+                         "failed": sum(x["status"] != "ok" for x in [proxy, *longs]),
+                         "devices": [x.get("device") or "unrecorded" for x in [proxy, *longs]]})
         return rows
 
     def _acc(self, record: dict) -> float:
@@ -295,6 +297,8 @@ class Audit:
             report["long_rung_at_epoch"] = {
                 str(k): fidelity_stats.spearman([r["long_rungs"][k - 1] for r in rows], truth)
                 for k in range(1, base.epochs * self.factor)}
+        # Processes on several machines may share an audit: say which hardware trained its runs
+        report["devices"] = dict(collections.Counter(d for r in rows for d in r["devices"]))
         report["models"] = rows
         report = fidelity_stats.finite(report)
         write_json(self.out / "fidelity.json", report)  # atomic: processes sharing the directory never mix writes
@@ -325,6 +329,9 @@ def summary(report: dict) -> str:
         lines.append(f"  {name:<30} Spearman {_fmt(a['spearman'])} [{_fmt(a['spearman_ci'][0])}, "
                      f"{_fmt(a['spearman_ci'][1])}]  Kendall {_fmt(a['kendall'])}  top-{a['top_k']} "
                      f"{a['top_k_overlap']}/{a['top_k']}  regret {_fmt(a['regret'])}")
+    if len(report.get("devices", {})) > 1:
+        runs = ", ".join(f"{n} on {d}" for d, n in sorted(report["devices"].items()))
+        lines.append(f"  runs trained on several devices ({runs}): their numerics differ, which adds to seed noise")
     if report.get("long_rung_at_epoch"):
         cut = ", ".join(f"{k}: {_fmt(v).strip()}" for k, v in report["long_rung_at_epoch"].items())
         lines.append(f"  the {report['long_epochs']}-epoch schedule cut after epoch k ranks the truth (Spearman; a "

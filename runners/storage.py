@@ -131,7 +131,7 @@ def open_storage(url: str, read_only: bool = False) -> BaseStorage:
                               grace_period=GRACE_S,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     except ImportError as e:
-        raise SpecError("search.storage", driver_hint(url, e)) from None
+        raise SpecError("search.storage", hide_secrets(driver_hint(url, e), url)) from None
     except Exception as e:  # noqa: BLE001 - a wrong URL or an unreachable server is bad input
         text = masked(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         raise SpecError("search.storage", f"cannot open {masked(url)}: {hide_secrets(text, url)}") from None
@@ -140,9 +140,9 @@ def open_storage(url: str, read_only: bool = False) -> BaseStorage:
 def driver_hint(url: str, error: Exception) -> str:
     scheme = url.split(":", 1)[0]
     if scheme.startswith("postgres"):
-        return (f"{scheme} needs the psycopg 3 driver, which is not installed ({error}): "
-                f"pip install 'psycopg[binary]' (then postgresql:// URLs use it)")
-    return f"{scheme} needs a database driver that is not installed ({error})"
+        return (f"cannot open {masked(url)}: {scheme} needs the psycopg 3 driver, which is not installed "
+                f"({error}): pip install 'psycopg[binary]' (then postgresql:// URLs use it)")
+    return f"cannot open {masked(url)}: {scheme} needs a database driver that is not installed ({error})"
 
 
 def hide_secrets(text: str, url: str) -> str:

@@ -569,7 +569,8 @@ def test_a_missing_postgres_driver_is_named_with_its_install_command(tmp_path, m
     with pytest.raises(SpecError) as info:
         open_storage("postgresql+psycopg://nas:secret@127.0.0.1:1/nas")
     line = str(info.value)
-    assert line.startswith("search.storage: postgresql+psycopg needs the psycopg 3 driver, which is not installed")
+    assert line.startswith("search.storage: cannot open postgresql+psycopg://nas:***@127.0.0.1:1/nas: "
+                           "postgresql+psycopg needs the psycopg 3 driver, which is not installed")
     assert "pip install 'psycopg[binary]'" in line and "secret" not in line and "\n" not in line
 
 

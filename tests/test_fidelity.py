@@ -78,9 +78,19 @@ def test_audit_resumes_after_interruption(tmp_path, monkeypatch, single_thread):
     assert saved["predictors"]["proxy"]["spearman_ci"][0] <= saved["predictors"]["proxy"]["spearman_ci"][1]
     assert (tmp_path / "fidelity.png").stat().st_size > 0
 
+    assert report["devices"] == {"cpu": 9}  # each run records the hardware it trained on
+
     calls.clear()  # a third run finds everything done and trains nothing
     Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=2, progress=quiet).run()
     assert calls == []
+
+    # one run trained by a process on a GPU machine sharing the directory: the summary says the hardware differs
+    path = tmp_path / "models" / "1" / "long-e2-s1.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "device": "cuda"}))
+    stream = io.StringIO()
+    report = Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=2, progress=Progress(tty=False, stream=stream)).run()
+    assert report["devices"] == {"cpu": 8, "cuda": 1} and calls == []
+    assert "runs trained on several devices (8 on cpu, 1 on cuda)" in stream.getvalue()
 
 
 def test_processes_sharing_an_audit_split_the_runs_and_rungs_are_reported(tmp_path, single_thread):

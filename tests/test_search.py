@@ -34,7 +34,9 @@ from search_space.spec import dump_spec, load_spec
 from conftest import TINY, write_space  # noqa: F401 - test_faults and test_postgres take them from here
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+# subprocesses import this checkout first, and still see packages installed on an existing PYTHONPATH
+PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": PYTHONPATH}
 
 # Only the learning rate is searched: for trials whose outcome must not depend on the sampled architecture.
 LR_ONLY = """

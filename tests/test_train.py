@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from runners.data import load_dataset
 from runners.progress import Progress, bar, count, duration
-from runners.train import Augment, LRSchedule, TrainResult, make_optimizer, train
+from runners.train import Augment, LRSchedule, TrainResult, make_optimizer, resolve_device, train
 from search_space.config import TrainConfig
 from search_space.schema import SpecError
 
@@ -95,7 +95,7 @@ def test_a_small_cnn_learns_digits(digits):
                 "seconds", "peak_memory_mb", "lr"):
         assert isinstance(seen[-1][1][key], float) and math.isfinite(seen[-1][1][key]), key
     assert result.params == sum(p.numel() for p in result.model.parameters())
-    assert not result.model.training and result.device == "cpu"
+    assert not result.model.training and result.device == resolve_device("auto").type  # cuda where there is one
     text = json.dumps(result.to_json(), allow_nan=False)
     assert "model" not in json.loads(text) and json.loads(text)["status"] == "ok"
 
@@ -114,7 +114,7 @@ def test_an_architecture_is_built_at_its_input_size(tmp_path, digits):
     spec = load_spec(TINY_ARCH)
     result = train(spec.model, replace(spec.train, image_size=None), data=digits)
     assert result.status == "ok", result.reason
-    assert result.model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+    assert result.model.cpu()(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
     resized = train(spec.model, replace(spec.train, image_size=12), data=digits, evaluate_test=True)
     assert resized.status == "ok" and resized.test_accuracy is not None
 
@@ -219,7 +219,7 @@ def test_weights_reload_with_weights_only_into_a_fresh_model(tmp_path, digits):
     fresh.eval()
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
-        assert torch.equal(fresh(x), result.model(x))
+        assert torch.equal(fresh(x), result.model.cpu()(x))  # the model stays on the device it trained on
 
 
 # ----------------------------------------------------------------------------------------------------------------
