@@ -297,7 +297,7 @@ class Audit:
             report["long_rung_at_epoch"] = {
                 str(k): fidelity_stats.spearman([r["long_rungs"][k - 1] for r in rows], truth)
                 for k in range(1, base.epochs * self.factor)}
-        # Processes on several machines may share an audit: say which hardware trained its runs
+        # Processes on several machines may share an audit: say which device type (cpu, cuda) trained its runs
         report["devices"] = dict(collections.Counter(d for r in rows for d in r["devices"]))
         report["models"] = rows
         report = fidelity_stats.finite(report)
@@ -329,8 +329,9 @@ def summary(report: dict) -> str:
         lines.append(f"  {name:<30} Spearman {_fmt(a['spearman'])} [{_fmt(a['spearman_ci'][0])}, "
                      f"{_fmt(a['spearman_ci'][1])}]  Kendall {_fmt(a['kendall'])}  top-{a['top_k']} "
                      f"{a['top_k_overlap']}/{a['top_k']}  regret {_fmt(a['regret'])}")
-    if len(report.get("devices", {})) > 1:
-        runs = ", ".join(f"{n} on {d}" for d, n in sorted(report["devices"].items()))
+    devices = report.get("devices", {})
+    if len(set(devices) - {"unrecorded"}) > 1:  # runs of older versions did not record theirs
+        runs = ", ".join(f"{n} on {d}" for d, n in sorted(devices.items()))
         lines.append(f"  runs trained on several devices ({runs}): their numerics differ, which adds to seed noise")
     if report.get("long_rung_at_epoch"):
         cut = ", ".join(f"{k}: {_fmt(v).strip()}" for k, v in report["long_rung_at_epoch"].items())

@@ -131,7 +131,7 @@ def open_storage(url: str, read_only: bool = False) -> BaseStorage:
                               grace_period=GRACE_S,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
     except ImportError as e:
-        raise SpecError("search.storage", hide_secrets(driver_hint(url, e), url)) from None
+        raise SpecError("search.storage", driver_hint(url, e)) from None
     except Exception as e:  # noqa: BLE001 - a wrong URL or an unreachable server is bad input
         text = masked(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         raise SpecError("search.storage", f"cannot open {masked(url)}: {hide_secrets(text, url)}") from None

@@ -3,6 +3,7 @@ MACs counter."""
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -13,6 +14,9 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
+# what subprocesses of the tests import: this checkout first, then whatever an existing PYTHONPATH holds
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+                  "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 SPACES = sorted((ROOT / "spaces").glob("*.yaml"))
 ZOO = sorted((ROOT / "spaces" / "zoo").glob("*.yaml"))
 

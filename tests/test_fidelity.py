@@ -84,12 +84,21 @@ def test_audit_resumes_after_interruption(tmp_path, monkeypatch, single_thread):
     Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=2, progress=quiet).run()
     assert calls == []
 
-    # one run trained by a process on a GPU machine sharing the directory: the summary says the hardware differs
     path = tmp_path / "models" / "1" / "long-e2-s1.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "device": "cuda"}))
+    record = json.loads(path.read_text())
+
+    def rerun(**changes):
+        path.write_text(json.dumps({k: v for k, v in {**record, **changes}.items() if v is not None}))
+        stream = io.StringIO()
+        report = Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=2, progress=Progress(tty=False, stream=stream)).run()
+        return report["devices"], "several devices" in stream.getvalue()
+
+    assert rerun() == ({"cpu": 9}, False)
+    assert rerun(device=None) == ({"cpu": 8, "unrecorded": 1}, False)  # a run from before runs recorded it
+    # one run trained by a process on a GPU machine sharing the directory: the summary says the hardware differs
+    assert rerun(device="cuda") == ({"cpu": 8, "cuda": 1}, True) and calls == []
     stream = io.StringIO()
-    report = Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=2, progress=Progress(tty=False, stream=stream)).run()
-    assert report["devices"] == {"cpu": 8, "cuda": 1} and calls == []
+    Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=2, progress=Progress(tty=False, stream=stream)).run()
     assert "runs trained on several devices (8 on cpu, 1 on cuda)" in stream.getvalue()
 
 

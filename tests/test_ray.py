@@ -19,8 +19,7 @@ from search_space.spec import dump_spec, load_spec
 import conftest
 
 ROOT = Path(__file__).resolve().parents[1]
-PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # and what is installed there
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": PYTHONPATH, "RAY_USAGE_STATS_ENABLED": "0"}
+ENV = {**conftest.SUBPROCESS_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
 
 def write_space(tmp_path: Path, **changes) -> Path:
     """The tiny space on the Ray engine, one epoch per trial."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -31,12 +30,10 @@ from search_space.compiler import build_model
 from search_space.sampling import FixedSuggester, OutsideSpace, RandomSuggester, params_for, sample
 from search_space.spec import dump_spec, load_spec
 
-from conftest import TINY, write_space  # noqa: F401 - test_faults and test_postgres take them from here
+from conftest import SUBPROCESS_ENV, TINY, write_space  # noqa: F401 - test_faults and test_postgres take them from here
 
 ROOT = Path(__file__).resolve().parents[1]
-# subprocesses import this checkout first, and still see packages installed on an existing PYTHONPATH
-PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": PYTHONPATH}
+ENV = SUBPROCESS_ENV
 
 # Only the learning rate is searched: for trials whose outcome must not depend on the sampled architecture.
 LR_ONLY = """

@@ -219,7 +219,8 @@ def test_weights_reload_with_weights_only_into_a_fresh_model(tmp_path, digits):
     fresh.eval()
     x = torch.randn(5, 1, 8, 8)
     with torch.no_grad():
-        assert torch.equal(fresh(x), result.model.cpu()(x))  # the model stays on the device it trained on
+        # the model stays on the device (and in the memory format: channels_last on CUDA) it trained in
+        assert torch.equal(fresh(x), result.model.cpu().to(memory_format=torch.contiguous_format)(x))
 
 
 # ----------------------------------------------------------------------------------------------------------------
