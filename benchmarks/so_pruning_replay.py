@@ -11,7 +11,9 @@ architecture is judged by the final accuracy of its *other* long run (another se
 ``search_efficiency.py``'s one judging run has). The two searches draw independent orders, as the benchmark's
 two samplers do. Printed per budget: the mean judged accuracy of each, the mean and sd of their difference, how
 often the pruned search wins, and the seeds a paired test would need to detect that mean difference (80% power,
-5% two-sided, normal approximation).
+5% two-sided, normal approximation). The last row, ``oracle``, is the headroom: the pool's best architecture
+(judged the same way) against random search's pick. No search, pruned or not, TPE or not, gains more on this
+pool; when even the oracle needs more seeds than you can run, so does every default.
 
     search fidelity spaces/resnest.yaml --out runs/audit       # first: the curves (long work; resumable)
     python benchmarks/so_pruning_replay.py runs/audit --budget-epochs 36 60 120
@@ -91,26 +93,48 @@ def replay(models: list[dict], order: list[tuple[int, int]], budget: int, rungs:
     return curves[(c + 1) % len(curves)][-1], epochs, trials, epochs < budget
 
 
+def paired(ours: list[float], random_: list[float]) -> dict:
+    """Paired figures of two searches' judged accuracies, rep by rep."""
+    diffs = [a - b for a, b in zip(ours, random_)]
+    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
+    return {"diff": mean, "sd": sd, "wins": sum(d > 0 for d in diffs) / len(diffs),
+            "losses": sum(d < 0 for d in diffs) / len(diffs), "random": statistics.mean(random_),
+            "seeds_needed": seeds_needed(sd, mean) if mean > 0 else None}
+
+
+def random_order(models: list[dict], rng: random.Random) -> list[tuple[int, int]]:
+    """The pool's architectures in a random order, each with one of its curves (seeds) at random."""
+    return [(i, rng.randrange(len(models[i]["curves"]))) for i in rng.sample(range(len(models)), len(models))]
+
+
 def compare(models: list[dict], budget: int, rungs: tuple[int, ...], eta: int, reps: int, seed: int = 0) -> dict:
     """``reps`` paired searches (pruned, random) at ``budget``; summary figures."""
     rng = random.Random(seed)
-
-    def order() -> list[tuple[int, int]]:
-        return [(i, rng.randrange(len(models[i]["curves"]))) for i in rng.sample(range(len(models)), len(models))]
-
     pairs = []
     for _ in range(reps):
-        pruned, plain = replay(models, order(), budget, rungs, eta), replay(models, order(), budget, (), eta)
+        pruned = replay(models, random_order(models, rng), budget, rungs, eta)
+        plain = replay(models, random_order(models, rng), budget, (), eta)
         if not (math.isnan(pruned[0]) or math.isnan(plain[0])):
             pairs.append((pruned, plain))
-    diffs = [p[0] - r[0] for p, r in pairs]
-    mean, sd = statistics.mean(diffs), statistics.stdev(diffs)
-    return {"pruned": statistics.mean(p[0] for p, _ in pairs), "random": statistics.mean(r[0] for _, r in pairs),
-            "diff": mean, "sd": sd, "wins": sum(d > 0 for d in diffs) / len(diffs),
-            "losses": sum(d < 0 for d in diffs) / len(diffs),
+    return {**paired([p[0] for p, _ in pairs], [r[0] for _, r in pairs]),
+            "pruned": statistics.mean(p[0] for p, _ in pairs),
             "trials": statistics.mean(p[2] for p, _ in pairs), "random_trials": statistics.mean(r[2] for _, r in pairs),
-            "exhausted": sum(p[3] for p, _ in pairs) / len(pairs),
-            "seeds_needed": seeds_needed(sd, mean) if mean > 0 else None}
+            "exhausted": sum(p[3] for p, _ in pairs) / len(pairs)}
+
+
+def headroom(models: list[dict], budget: int, reps: int, seed: int = 0) -> dict:
+    """What no search can beat: the pool's best architecture (by its mean final accuracy over its curves),
+    judged on one of its curves at random, paired with random search at ``budget``. If this gap needs more seeds
+    than can be run, so does any search's."""
+    rng = random.Random(seed)
+    best = max(range(len(models)), key=lambda i: statistics.mean(c[-1] for c in models[i]["curves"]))
+    oracle, plain = [], []
+    for _ in range(reps):
+        judged = replay(models, random_order(models, rng), budget, (), ETA)[0]
+        if not math.isnan(judged):
+            plain.append(judged)
+            oracle.append(rng.choice(models[best]["curves"])[-1])
+    return {**paired(oracle, plain), "oracle": statistics.mean(oracle)}
 
 
 def main(argv=None) -> int:
@@ -139,6 +163,10 @@ def main(argv=None) -> int:
             print(f"{','.join(map(str, rungs)):<7}{r['trials']:<8.1f}{r['pruned']:<8.4f}{r['random']:<8.4f}"
                   f"{r['diff']:<+11.4f}{r['sd']:<8.4f}{r['wins']:<6.0%}{r['losses']:<8.0%}{need!s:<14}"
                   f"{r['exhausted']:.0%}")
+        h = headroom(models, budget, args.reps)
+        need = h["seeds_needed"] if h["seeds_needed"] is not None else "never"
+        print(f"{'oracle':<7}{'all':<8}{h['oracle']:<8.4f}{h['random']:<8.4f}{h['diff']:<+11.4f}{h['sd']:<8.4f}"
+              f"{h['wins']:<6.0%}{h['losses']:<8.0%}{need!s:<14}-")
     return 0
 
 

@@ -77,3 +77,18 @@ def test_compare_on_one_architecture_is_a_tie():
     models = [{"curves": [[0.5, 0.6, 0.7, 0.8], [0.5, 0.6, 0.7, 0.8]]}] * 3
     r = replay_module.compare(models, 8, (2,), 3, reps=20)
     assert r["diff"] == 0 and r["wins"] == 0 and r["seeds_needed"] is None
+
+
+def test_headroom_is_the_pools_best_against_random_search():
+    """The oracle always returns the architecture with the best mean final accuracy (model 1: 0.95 and 0.90),
+    judged on one of its curves; random search with a one-trial budget returns whichever it drew first, judged on
+    its other curve."""
+    models = [{"curves": [[0.5, 0.8], [0.5, 0.75]]}, {"curves": [[0.4, 0.95], [0.4, 0.90]]},
+              {"curves": [[0.6, 0.85], [0.6, 0.82]]}]
+    h = replay_module.headroom(models, budget=2, reps=3000)
+    assert h["oracle"] == pytest.approx(0.925, abs=0.005)
+    assert h["random"] == pytest.approx((0.775 + 0.925 + 0.835) / 3, abs=0.005)
+    assert h["diff"] == pytest.approx(h["oracle"] - h["random"]) and h["losses"] < h["wins"]
+    # one architecture (three copies): nothing to gain over random search
+    same = [{"curves": [[0.5, 0.8], [0.5, 0.8]]}] * 3
+    assert replay_module.headroom(same, budget=6, reps=50)["seeds_needed"] is None
