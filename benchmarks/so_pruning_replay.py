@@ -117,8 +117,7 @@ def compare(models: list[dict], budget: int, rungs: tuple[int, ...], eta: int, r
         if not (math.isnan(pruned[0]) or math.isnan(plain[0])):
             pairs.append((pruned, plain))
     return {**paired([p[0] for p, _ in pairs], [r[0] for _, r in pairs]),
-            "pruned": statistics.mean(p[0] for p, _ in pairs),
-            "trials": statistics.mean(p[2] for p, _ in pairs), "random_trials": statistics.mean(r[2] for _, r in pairs),
+            "pruned": statistics.mean(p[0] for p, _ in pairs), "trials": statistics.mean(p[2] for p, _ in pairs),
             "exhausted": sum(p[3] for p, _ in pairs) / len(pairs)}
 
 
@@ -135,6 +134,13 @@ def headroom(models: list[dict], budget: int, reps: int, seed: int = 0) -> dict:
             plain.append(judged)
             oracle.append(rng.choice(models[best]["curves"])[-1])
     return {**paired(oracle, plain), "oracle": statistics.mean(oracle)}
+
+
+def row(label: str, trials: str, ours: float, r: dict, ran_out: str) -> str:
+    """One line of the table: a search (or the oracle) against random search."""
+    need = r["seeds_needed"] if r["seeds_needed"] is not None else "never"
+    return (f"{label:<7}{trials:<8}{ours:<8.4f}{r['random']:<8.4f}{r['diff']:<+11.4f}{r['sd']:<8.4f}"
+            f"{r['wins']:<6.0%}{r['losses']:<8.0%}{need!s:<14}{ran_out}")
 
 
 def main(argv=None) -> int:
@@ -159,14 +165,9 @@ def main(argv=None) -> int:
             if not rungs:
                 continue
             r = compare(models, budget, rungs, ETA, args.reps)
-            need = r["seeds_needed"] if r["seeds_needed"] is not None else "never"
-            print(f"{','.join(map(str, rungs)):<7}{r['trials']:<8.1f}{r['pruned']:<8.4f}{r['random']:<8.4f}"
-                  f"{r['diff']:<+11.4f}{r['sd']:<8.4f}{r['wins']:<6.0%}{r['losses']:<8.0%}{need!s:<14}"
-                  f"{r['exhausted']:.0%}")
+            print(row(",".join(map(str, rungs)), f"{r['trials']:.1f}", r["pruned"], r, f"{r['exhausted']:.0%}"))
         h = headroom(models, budget, args.reps)
-        need = h["seeds_needed"] if h["seeds_needed"] is not None else "never"
-        print(f"{'oracle':<7}{'all':<8}{h['oracle']:<8.4f}{h['random']:<8.4f}{h['diff']:<+11.4f}{h['sd']:<8.4f}"
-              f"{h['wins']:<6.0%}{h['losses']:<8.0%}{need!s:<14}-")
+        print(row("oracle", "all", h["oracle"], h, "-"))
     return 0
 
 
