@@ -38,10 +38,15 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
-from runners.optuna_engine import SearchRun
-from runners.progress import Progress
-from runners.train import cpu_threads
-from search_space.spec import dump_spec, load_spec
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+from runners.fidelity_stats import seeds_needed  # noqa: E402
+from runners.optuna_engine import SearchRun  # noqa: E402
+from runners.progress import Progress  # noqa: E402
+from runners.train import cpu_threads  # noqa: E402
+from search_space.spec import dump_spec, load_spec  # noqa: E402
 
 
 def epochs_spent(study) -> int:
@@ -213,12 +218,6 @@ def print_single_objective(methods: list[str], done: dict, factor: int, judge_se
         need = [(d, seeds_needed(sd, d)) for d in (0.005, 0.01, 0.02)]
         print(f"sd of the paired differences {sd:.4f}: seeds needed to detect a true difference of "
               + ", ".join(f"{d:.3f} ({n})" for d, n in need) + " (80% power, 5% two-sided, normal approximation)")
-
-
-def seeds_needed(sd: float, difference: float) -> int:
-    """Seeds a paired test needs to detect a true ``difference`` when paired differences have this ``sd`` (80%
-    power, 5% two-sided, normal approximation)."""
-    return math.ceil(((1.96 + 0.84) * sd / difference) ** 2)
 
 
 def hypervolume_2d(points: list[tuple[float, float]], reference: tuple[float, float] = (1.0, 1.0)) -> float:

@@ -36,7 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mo_pruning_replay import load_curves  # noqa: E402
-from search_efficiency import seeds_needed  # noqa: E402
+
+from runners.fidelity_stats import seeds_needed  # noqa: E402
 
 FIRST_RUNGS = (2, 3, 4)  # search.pruner_min_epochs
 ETA = 3                  # runners.optuna_engine.make_pruner's reduction factor

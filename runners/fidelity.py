@@ -294,6 +294,12 @@ class Audit:
             # What a pruner reads after every epoch of the long schedule (the weight average with
             # rung_ema_epochs), ranked against the truth (point estimates): where a longer search should cut.
             truth = [sum(r["long"]) / len(r["long"]) for r in rows]
+            # Could any search beat random search here? At the space's trial count and at a half and a quarter
+            trials = self.spec.search.trials
+            report["search_headroom"] = [
+                fidelity_stats.search_headroom([r["proxy"] for r in rows],
+                                               [[r["long"][s] for r in rows] for s in range(self.seeds)], k)
+                for k in sorted({max(1, trials // 4), max(1, trials // 2), trials})]
             report["long_rung_at_epoch"] = {
                 str(k): fidelity_stats.spearman([r["long_rungs"][k - 1] for r in rows], truth)
                 for k in range(1, base.epochs * self.factor)}
@@ -316,7 +322,7 @@ def _after(values: Optional[list], epoch: int) -> Optional[float]:
 
 
 def summary(report: dict) -> str:
-    """A few lines a person reads: the proxy's figures, the baselines and the noise ceiling."""
+    """A few lines a person reads: the proxy's figures, the baselines, the noise ceiling and the search headroom."""
     if "predictors" not in report:
         return f"fidelity: {len(report.get('models', []))} complete model(s) so far; at least 3 are needed"
     lines = [f"fidelity of {report['space']} ({report['n']} of {report['n_planned']} architectures; proxy "
@@ -333,6 +339,15 @@ def summary(report: dict) -> str:
     if len(set(devices) - {"unrecorded"}) > 1:  # runs of older versions did not record theirs
         runs = ", ".join(f"{n} on {d}" for d, n in sorted(devices.items()))
         lines.append(f"  runs trained on several devices ({runs}): their numerics differ, which adds to seed noise")
+    if report.get("search_headroom"):
+        lines.append(f"  search headroom, the most any search gains over random search (the best of these "
+                     f"{report['n']} architectures against random search's pick by the proxy, each judged on one "
+                     f"long run):")
+        for h in report["search_headroom"]:
+            show = (f"a paired benchmark needs {h['seeds_needed']} seeds to show it" if h["seeds_needed"]
+                    else "no search can gain over random search here")
+            lines.append(f"    {h['trials']:>4} trials: random {_fmt(h['random_pick'])}, best {_fmt(h['best'])}, "
+                         f"gain {h['headroom']:+.3f}: {show}")
     if report.get("long_rung_at_epoch"):
         cut = ", ".join(f"{k}: {_fmt(v).strip()}" for k, v in report["long_rung_at_epoch"].items())
         lines.append(f"  the {report['long_epochs']}-epoch schedule cut after epoch k ranks the truth (Spearman; a "

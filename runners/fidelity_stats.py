@@ -131,6 +131,43 @@ def fidelity_report(predictors: dict[str, Sequence[float]], long_runs: Sequence[
     return report
 
 
+def seeds_needed(sd: float, difference: float) -> int:
+    """Seeds a paired test needs to detect a true ``difference`` when paired differences have this ``sd`` (80%
+    power, 5% two-sided, normal approximation)."""
+    return max(1, math.ceil(((1.96 + 0.84) * sd / difference) ** 2))
+
+
+def search_headroom(proxy: Sequence[float], long_runs: Sequence[Sequence[float]], trials: int,
+                    resamples: int = 4000, seed: int = 0) -> dict:
+    """How much any search could gain over random search with ``trials`` proxy runs, on this sample: a bound.
+
+    Random search draws ``trials`` architectures (with replacement: the sample stands in for the space) and
+    returns the one with the best proxy accuracy. No search can return better than the sample's best
+    architecture by the truth (the mean of its long runs). Each resample judges both on one long run drawn at
+    random, as a benchmark judges a search's pick with one training run, so the sd of the differences (and the
+    seeds a paired benchmark needs to show the mean one) includes that judging noise. The bound leans high: the
+    best was chosen on the runs that judge it. It is a bound for this sample only: the best of ``n`` random
+    architectures, which with ``trials`` near ``n`` random search nearly always meets; the space's best may be
+    better.
+
+    Returns the mean judged accuracy of random search's pick and of the best, their mean difference (the
+    headroom), its sd over resamples, and the seeds a paired benchmark would need to show that difference.
+    """
+    runs = np.asarray(long_runs, float)
+    scores = np.asarray(proxy, float)
+    if runs.ndim != 2 or runs.shape[1] != len(scores) or len(scores) < 2 or trials < 1:
+        raise ValueError("need one long-run list per seed, each as long as the proxy list, and trials >= 1")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(scores), size=(resamples, trials))
+    picks = draws[np.arange(resamples), np.argmax(scores[draws], axis=1)]  # ties: the first drawn
+    judge = rng.integers(0, len(runs), size=resamples)
+    random_pick, best_pick = runs[judge, picks], runs[judge, np.argmax(runs.mean(axis=0))]
+    diffs = best_pick - random_pick
+    mean, sd = float(diffs.mean()), float(diffs.std(ddof=1))
+    return {"trials": trials, "random_pick": float(random_pick.mean()), "best": float(best_pick.mean()),
+            "headroom": mean, "sd": sd, "seeds_needed": seeds_needed(sd, mean) if mean > 0 else None}
+
+
 def finite(value):
     """The report as strict JSON data: nan and inf become None."""
     if isinstance(value, float):

@@ -68,6 +68,11 @@ def test_audit_resumes_after_interruption(tmp_path, monkeypatch, single_thread):
     assert report["complete"] and report["n"] == 3
     assert set(report["predictors"]) == {"proxy", "long_at_epoch_1", "params", "macs"}
     assert "noise_ceiling" in report
+    # the bound on any search's gain, at the space's trial count and at a half and a quarter of it
+    trials = tiny_spec().search.trials
+    assert [h["trials"] for h in report["search_headroom"]] == sorted({max(1, trials // 4), max(1, trials // 2),
+                                                                        trials})
+    assert all(h["headroom"] >= 0 for h in report["search_headroom"])
     for row in report["models"]:
         record = json.loads((tmp_path / "models" / str(row["model"]) / "long-e2-s1.json").read_text())
         assert record["epochs"] == 2 and len(record["history"]) == 2

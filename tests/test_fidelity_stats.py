@@ -7,7 +7,7 @@ import pytest
 import numpy as np
 
 from runners.fidelity_stats import (agreement, bootstrap_interval, fidelity_report, kendall, kendall_rows, regret,
-                                    spearman, spearman_rows, top_k_overlap)
+                                    search_headroom, seeds_needed, spearman, spearman_rows, top_k_overlap)
 
 # five architectures: the predictor ranks them 1..5, the truth swaps two neighbouring pairs
 PREDICTOR = [1.0, 2.0, 3.0, 4.0, 5.0]
@@ -76,3 +76,37 @@ def test_row_statistics_match_scipy_with_ties():
         got = rows(a, b)
         want = [scalar(x, y) for x, y in zip(a, b)]
         assert np.allclose(got, want, equal_nan=True)
+
+
+# three architectures, two long runs each: model 1 is the best by the truth (0.85), model 2 the proxy's favourite
+LONG_RUNS = [[0.5, 0.9, 0.7], [0.6, 0.8, 0.7]]
+
+
+def test_search_headroom_by_hand():
+    # one trial: random search returns a uniformly drawn architecture, judged on a uniformly drawn run: 0.70 on
+    # average; the best (model 1) is judged 0.85 on average
+    one = search_headroom([0.1, 0.2, 0.3], LONG_RUNS, trials=1, resamples=20000)
+    assert one["random_pick"] == pytest.approx(0.70, abs=0.005)
+    assert one["best"] == pytest.approx(0.85, abs=0.005)
+    assert one["headroom"] == pytest.approx(one["best"] - one["random_pick"])
+    assert one["trials"] == 1 and one["seeds_needed"] == seeds_needed(one["sd"], one["headroom"])
+    # many trials: random search nearly always draws the proxy's favourite, model 2 (0.70)
+    many = search_headroom([0.1, 0.2, 0.3], LONG_RUNS, trials=40)
+    assert many["random_pick"] == pytest.approx(0.70)  # its two runs agree
+    assert many["headroom"] == pytest.approx(0.15, abs=0.005)  # the best's runs (0.9, 0.8) drawn at random
+    # a proxy that favours the best: with many trials nothing is left to gain, and no benchmark can show a gain
+    solved = search_headroom([0.1, 0.3, 0.2], LONG_RUNS, trials=40)
+    assert solved["headroom"] == pytest.approx(0.0) and solved["seeds_needed"] is None
+    assert search_headroom([0.1, 0.2, 0.3], LONG_RUNS, trials=3) == search_headroom([0.1, 0.2, 0.3], LONG_RUNS, 3)
+
+
+def test_search_headroom_rejects_a_ragged_table():
+    with pytest.raises(ValueError):
+        search_headroom([0.1, 0.2], LONG_RUNS, trials=5)
+    with pytest.raises(ValueError):
+        search_headroom([0.1, 0.2, 0.3], LONG_RUNS, trials=0)
+
+
+def test_seeds_needed_by_hand():
+    assert seeds_needed(0.01, 0.01) == 8  # (2.8 x 1)^2 = 7.84
+    assert seeds_needed(0.0, 0.01) == 1
