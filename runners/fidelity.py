@@ -35,6 +35,7 @@ from search_space.spec import Spec, dump_spec, load_spec
 
 from . import fidelity_stats
 from .progress import Progress, duration
+from .signals import die_with_parent, stop_processes
 from .trial import with_io
 
 MAX_TRIES_PER_MODEL = 200  # random draws per accepted architecture before the space is called too tight
@@ -94,65 +95,45 @@ class Audit:
     """One audit's run directory: what is planned, what is done, the figures."""
 
     def __init__(self, spec: Spec, out: Path, n: int = 24, factor: int = 4, seeds: int = 2, top_k: int = 5,
-                 progress: Optional[Progress] = None, device=None):
+                 progress: Optional[Progress] = None, device=None, workers: int = 1, worker_index: int = 0):
         if n < 3:
             raise SpecError("--n", f"{n} architectures cannot be ranked; use at least 3")
         if factor < 2:
             raise SpecError("--factor", f"{factor} must be at least 2 (the long schedule is factor x the proxy's)")
         if seeds < 1:
             raise SpecError("--seeds", f"{seeds} must be at least 1 (2 or more give the noise ceiling)")
+        if workers < 1:
+            raise SpecError("--workers", f"{workers} must be at least 1")
         if is_choice(spec.train.epochs):
             raise SpecError("train.epochs", "the audit needs a fixed proxy epoch count, not a choice")
         self.spec, self.out, self.n, self.factor, self.seeds, self.top_k = spec, Path(out), n, factor, seeds, top_k
         self.progress = progress or Progress()
         self.device = device
+        self.workers, self.worker_index = workers, worker_index
+        self.prefix = f"[worker {worker_index}] " if worker_index else ""
         from .trial import DataCache
 
         self.data = DataCache()
 
     # ------------------------------------------------------------------------------------------------------------
 
-    def run(self) -> dict:
-        from .train import resolve_device
-
-        self.device = resolve_device(self.device if self.device is not None else self.spec.train.device)
-        base = self.spec.train
-        probe = self.data.get(dataclasses.replace(base, lr=0.1) if is_choice(base.lr) else base,
-                              self._size(self.spec))
-        models = draw_architectures(self.spec, self.n, probe.channels, probe.num_classes, seed=self.spec.search.seed)
-        for i, arch in enumerate(models):
-            path = self.out / "models" / str(i) / "arch.yaml"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(dump_spec(arch), encoding="utf-8")
-        self.models = models
-        self.chance = 1.0 / probe.num_classes
-        runs = plan_runs(self.n, base.epochs, self.factor, self.seeds, base.seed)
-        self._write_settings()
-        todo = [r for r in runs if self.load(r) is None]
-        self.progress.line(f"fidelity {self.spec.name}: {self.n} architectures x (proxy {base.epochs} epochs + "
-                           f"{self.seeds} x {base.epochs * self.factor} epochs), device {self.device}; "
-                           f"{len(runs) - len(todo)} of {len(runs)} runs already done in {self.out}")
-        spent_epochs, spent_s = 0, 0.0
-        for done_now, r in enumerate(todo):
-            claim = self._claim(r)
-            if claim is None:
-                continue  # another process sharing this run directory trains it now
-            try:
-                if self.load(r) is not None:
-                    continue  # another process sharing this run directory trained it meanwhile
-                left = sum(t.epochs for t in todo[done_now:])
-                eta = f", ETA {duration(left * spent_s / spent_epochs)}" if spent_epochs else ""
-                head = f"[{len(runs) - len(todo) + done_now + 1}/{len(runs)}] model {r.model} {r.kind} " \
-                       f"{r.epochs} epochs seed {r.seed}{eta}"
-                result = self._train(r, head)
-            finally:
-                os.close(claim)
-            spent_epochs += r.epochs
-            spent_s += result["seconds"]
-            acc = result["val_accuracy"]
-            self.progress.line(f"{head}: {result['status']}, val "
-                               f"{'-' if acc is None else f'{acc:.4f}'} in {duration(result['seconds'])}")
-            self.write_report()
+    def run(self, threads: Optional[int] = None) -> dict:
+        """Train every run not done yet (with ``workers - 1`` more processes sharing the directory, each with
+        ``threads`` torch threads on the CPU), then write and print the figures."""
+        runs = self._prepare(write=True)
+        self.progress.line(f"fidelity {self.spec.name}: {self.n} architectures x (proxy {self.spec.train.epochs} "
+                           f"epochs + {self.seeds} x {self.spec.train.epochs * self.factor} epochs), device "
+                           f"{self.device}{f', {self.workers} workers' if self.workers > 1 else ''}; "
+                           f"{sum(self.load(r) is not None for r in runs)} of {len(runs)} runs already done in "
+                           f"{self.out}")
+        children = self._start_workers(threads) if self.workers > 1 else []
+        try:
+            self.train_runs(runs)
+        except BaseException:
+            stop_processes(children)
+            raise
+        for p in children:
+            p.join()
         busy, lost = self._missing(runs)
         if busy:
             self.progress.line(f"{busy} runs are still being trained by another process sharing {self.out}; "
@@ -163,6 +144,67 @@ class Audit:
         report = self.write_report()
         self.progress.line(summary(report))
         return report
+
+    def _prepare(self, write: bool) -> list[Run]:
+        """Draw the sample (the same in every process: the sampler is seeded) and plan the runs; ``write``: save
+        each architecture and the settings (the first process only, before any worker starts)."""
+        from .train import resolve_device
+
+        self.device = resolve_device(self.device if self.device is not None else self.spec.train.device)
+        base = self.spec.train
+        probe = self.data.get(dataclasses.replace(base, lr=0.1) if is_choice(base.lr) else base,
+                              self._size(self.spec))
+        self.models = draw_architectures(self.spec, self.n, probe.channels, probe.num_classes,
+                                         seed=self.spec.search.seed)
+        self.chance = 1.0 / probe.num_classes
+        if write:
+            for i, arch in enumerate(self.models):
+                path = self.out / "models" / str(i) / "arch.yaml"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(dump_spec(arch), encoding="utf-8")
+            self._write_settings()
+        return plan_runs(self.n, base.epochs, self.factor, self.seeds, base.seed)
+
+    def _start_workers(self, threads: Optional[int]) -> list:
+        import multiprocessing
+
+        import torch
+
+        threads = threads or torch.get_num_threads()  # what this process runs with (the CLI divides the cores)
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or CUDA state
+        children = []
+        for i in range(1, self.workers):
+            p = ctx.Process(target=_worker_main, daemon=False,
+                            args=(self.spec, str(self.out), self.n, self.factor, self.seeds, self.workers, i,
+                                  threads, str(self.device), os.getpid()))
+            p.start()
+            children.append(p)
+        return children
+
+    def train_runs(self, runs: list[Run]) -> None:
+        """Train the runs no process has done or holds, in plan order, writing the figures after each."""
+        todo = [r for r in runs if self.load(r) is None]
+        spent_epochs, spent_s = 0, 0.0
+        for done_now, r in enumerate(todo):
+            claim = self._claim(r)
+            if claim is None:
+                continue  # another process sharing this run directory trains it now
+            try:
+                if self.load(r) is not None:
+                    continue  # another process sharing this run directory trained it meanwhile
+                left = sum(t.epochs for t in todo[done_now:]) / self.workers  # the workers share what is left
+                eta = f", ETA {duration(left * spent_s / spent_epochs)}" if spent_epochs else ""
+                head = f"{self.prefix}[{len(runs) - len(todo) + done_now + 1}/{len(runs)}] model {r.model} " \
+                       f"{r.kind} {r.epochs} epochs seed {r.seed}{eta}"
+                result = self._train(r, head)
+            finally:
+                os.close(claim)
+            spent_epochs += r.epochs
+            spent_s += result["seconds"]
+            acc = result["val_accuracy"]
+            self.progress.line(f"{head}: {result['status']}, val "
+                               f"{'-' if acc is None else f'{acc:.4f}'} in {duration(result['seconds'])}")
+            self.write_report()
 
     def _size(self, arch: Spec) -> int:
         return arch.train.image_size or arch.model.input_size
@@ -185,7 +227,7 @@ class Audit:
             raise KeyboardInterrupt
         record = {"model": r.model, "kind": r.kind, "epochs": r.epochs, "seed": r.seed, "status": result.status,
                   "reason": result.reason, "val_accuracy": result.val_accuracy, "seconds": result.seconds,
-                  "lr": config.lr, "device": result.device, "history": [h["val_accuracy"] for h in result.history],
+                  "lr": config.lr, "device": result.device, "worker": self.worker_index, "history": [h["val_accuracy"] for h in result.history],
                   "rung_history": [h.get("rung_accuracy") for h in result.history]}
         write_json(self._path(r), fidelity_stats.finite(record))  # atomic: a kill never leaves half a record
         return record
@@ -315,6 +357,22 @@ class Audit:
         return report
 
 
+def _worker_main(spec: Spec, out: str, n: int, factor: int, seeds: int, workers: int, index: int,
+                 threads: int, device: str, parent_pid: int) -> None:
+    """A worker process of ``search fidelity --workers N``: trains the runs no other process holds; stops with
+    its parent. Its lines carry ``[worker i]``; only the parent prints the figures."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        die_with_parent(parent_pid)
+        audit = Audit(spec, Path(out), n=n, factor=factor, seeds=seeds, device=device, workers=workers,
+                      worker_index=index, progress=Progress(tty=False))
+        audit.train_runs(audit._prepare(write=False))
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the group; the parent says how to resume
+        pass
+
+
 def _after(values: Optional[list], epoch: int) -> Optional[float]:
     """A per-epoch series' finite value after ``epoch`` (1-based), or None."""
     value = values[epoch - 1] if values and len(values) >= epoch else None
@@ -344,7 +402,8 @@ def summary(report: dict) -> str:
                      f"{report['n']} architectures against random search's pick by the proxy, each judged on one "
                      f"long run):")
         for h in report["search_headroom"]:
-            show = (f"a paired benchmark needs {h['seeds_needed']} seeds to show it" if h["seeds_needed"]
+            need = h["seeds_needed"]
+            show = (f"a paired benchmark needs {need} seed{'s' * (need != 1)} to show it" if need
                     else "no search can gain over random search here")
             lines.append(f"    {h['trials']:>4} trials: random {_fmt(h['random_pick'])}, best {_fmt(h['best'])}, "
                          f"gain {h['headroom']:+.3f}: {show}")
@@ -397,10 +456,12 @@ def plot(report: dict, path: Path) -> None:
 
 
 def run_fidelity(space: str, out: Optional[str] = None, n: int = 24, factor: int = 4, seeds: int = 2,
-                 top_k: int = 5, progress: Optional[Progress] = None, overrides=None) -> dict:
+                 top_k: int = 5, progress: Optional[Progress] = None, overrides=None, workers: int = 1,
+                 threads: Optional[int] = None) -> dict:
     """Load the space, apply ``overrides(spec)`` (the CLI's flags), and run or resume its audit."""
     spec = load_spec(space)
     if overrides is not None:
         spec = overrides(spec)
     folder = Path(out) if out else Path("runs") / f"{spec.name}-fidelity"
-    return Audit(spec, folder, n=n, factor=factor, seeds=seeds, top_k=top_k, progress=progress).run()
+    return Audit(spec, folder, n=n, factor=factor, seeds=seeds, top_k=top_k, progress=progress,
+                 workers=workers).run(threads)

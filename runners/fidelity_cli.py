@@ -17,7 +17,9 @@ def cmd_fidelity(args) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise SpecError("--threads", f"{args.threads} must be at least 1")
-    torch.set_num_threads(args.threads or cpu_threads(1))
+    if args.workers < 1:
+        raise SpecError("--workers", f"{args.workers} must be at least 1")
+    torch.set_num_threads(args.threads or cpu_threads(args.workers))
 
     def overrides(spec):
         train = spec.train
@@ -32,7 +34,7 @@ def cmd_fidelity(args) -> int:
 
     try:
         report = run_fidelity(args.space, out=args.out, n=args.n, factor=args.factor, seeds=args.seeds,
-                              top_k=args.top_k, overrides=overrides)
+                              top_k=args.top_k, overrides=overrides, workers=args.workers, threads=args.threads)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume (finished training runs are kept)", file=sys.stderr)
         return 130
@@ -53,7 +55,11 @@ def add_parser(sub) -> None:
                                                        "give the noise ceiling (default 2)")
     p.add_argument("--top-k", type=int, default=5, help="k of the top-k overlap (default 5)")
     p.add_argument("--out", help="run directory (default: runs/<name>-fidelity/)")
-    p.add_argument("--threads", type=int, help="torch threads on the CPU (default: the idle cores)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes training runs side by side in the run directory, e.g. one per core, or several "
+                        "sharing a GPU (default 1)")
+    p.add_argument("--threads", type=int, help="torch threads per process on the CPU (default: the idle cores, "
+                                               "divided among the workers)")
     g = p.add_argument_group("proxy recipe (override the spec's train: section)")
     g.add_argument("--epochs", type=int, help="proxy epochs (the long runs train factor x this)")
     g.add_argument("--dataset", choices=hints(TrainConfig)["dataset"].__args__)

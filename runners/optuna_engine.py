@@ -34,7 +34,7 @@ from search_space.spec import Spec
 from .progress import Progress
 from .results import Counts, TrialRecord, counts, final_training, status_head, trial_line, write_results
 from . import signals
-from .signals import Interrupted, StopSignals, die_with_parent, stop_error
+from .signals import Interrupted, StopSignals, die_with_parent, stop_error, stop_processes
 from .storage import (RunLock, check_study_known, check_study_present, check_workers, claim, heartbeat, is_sqlite,
                       masked, open_storage, recover_lost_trials, retry_trial, sqlite_path, storage_url,
                       without_password, worker_identity)
@@ -584,17 +584,6 @@ def _worker_main(spec: Spec, out: str, index: int, threads: int, parent_pid: int
             print(f"[worker {index}] error: {e}", flush=True)
 
 
-def _stop_children(children: list) -> None:
-    for p in children:
-        if p.is_alive():
-            p.terminate()  # SIGTERM: the child records its trial as interrupted and enqueues it again
-    for p in children:
-        p.join(timeout=30)
-        if p.is_alive():
-            p.kill()
-            p.join()
-
-
 def run_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress: Optional[Progress] = None,
                threads: Optional[int] = None) -> dict:
     """Run (or resume, or join) the study of ``spec``; write the results; return a summary dict.
@@ -669,7 +658,7 @@ def _run(run: SearchRun, threads: Optional[int]) -> dict:
     try:
         run.run_trials()
     except BaseException:
-        _stop_children(children)
+        stop_processes(children)  # SIGTERM: each records its trial as interrupted and enqueues it again
         raise
     for p in children:
         p.join()

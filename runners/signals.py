@@ -119,3 +119,15 @@ def die_with_parent(parent_pid: int) -> None:
             pass
     if os.getppid() != parent_pid:
         raise Interrupted(signal.SIGTERM)
+
+
+def stop_processes(children: list) -> None:
+    """Stop worker processes (``multiprocessing.Process``): SIGTERM, then SIGKILL after 30 s."""
+    for p in children:
+        if p.is_alive():
+            p.terminate()
+    for p in children:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.kill()
+            p.join()

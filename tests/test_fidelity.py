@@ -3,6 +3,7 @@
 import dataclasses
 import io
 import json
+import time
 
 import pytest
 
@@ -137,8 +138,36 @@ def test_processes_sharing_an_audit_split_the_runs_and_rungs_are_reported(tmp_pa
     assert report["long_rung_at_epoch"]["2"] == pytest.approx(report["predictors"]["long_at_epoch_2"]["spearman"])
 
 
+def test_workers_share_the_audit_and_train_each_run_once(tmp_path, monkeypatch, single_thread):
+    """--workers 2: a spawned worker process trains runs beside this one; no run is trained twice. This process
+    waits for the worker's first run before it trains, so both take part however fast the runs are."""
+    real_train = Audit._train
+    waited = []
+
+    def after_the_workers_first_run(self, r, head):
+        while not waited and not any(json.loads(p.read_text()).get("worker") == 1
+                                     for p in tmp_path.glob("models/*/*-s*.json")):
+            assert time.monotonic() - start < 120, "the worker process trained nothing"
+            time.sleep(0.05)
+        waited.append(1)
+        return real_train(self, r, head)
+
+    monkeypatch.setattr(Audit, "_train", after_the_workers_first_run)
+    stream = io.StringIO()
+    start = time.monotonic()
+    report = Audit(tiny_spec(), tmp_path, n=4, factor=2, seeds=2, workers=2,
+                   progress=Progress(tty=False, stream=stream)).run(threads=1)
+    assert report["complete"] and report["n"] == 4
+    records = [json.loads(p.read_text()) for p in tmp_path.glob("models/*/*-s*.json")]
+    assert len(records) == 12  # 4 proxies + 4 x 2 long runs, each once
+    assert {r["worker"] for r in records} == {0, 1}
+    assert "2 workers" in stream.getvalue()
+    assert not list(tmp_path.glob("models/*/*.tmp*"))
+
+
 @pytest.mark.parametrize("flag, value, field", [("--n", "2", "--n"), ("--factor", "1", "--factor"),
-                                                ("--seeds", "0", "--seeds"), ("--epochs", "0", "--epochs")])
+                                                ("--seeds", "0", "--seeds"), ("--epochs", "0", "--epochs"),
+                                                ("--workers", "0", "--workers")])
 def test_bad_flags_exit_2_with_one_line(cli, tmp_path, flag, value, field):
     r = cli("fidelity", ROOT / "spaces" / "resnest.yaml", flag, value, "--out", tmp_path)
     assert r.code == 2
