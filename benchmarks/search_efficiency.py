@@ -15,9 +15,8 @@
    recipe several times longer than the first rung (``--epochs 12``; the rung is the first epoch after warmup).
 
     python benchmarks/search_efficiency.py --seeds 10 --budget-epochs 48 --factor 4
-    # the same, split over two processes (one per core), resumable; either prints the summary of what is recorded
-    python benchmarks/search_efficiency.py --seeds 5 --threads 1 --record so.jsonl &
-    python benchmarks/search_efficiency.py --seeds 5 --first-seed 5 --threads 1 --record so.jsonl
+    # the same with two processes (one per core) sharing a record; a rerun resumes from the record
+    python benchmarks/search_efficiency.py --seeds 10 --workers 2 --record so.jsonl
     python benchmarks/search_efficiency.py --multi-objective --epochs 12 --budget-epochs 96 --seeds 8
     # a candidate default: a 12-epoch recipe that restarts at epoch 3, pruned there by successive halving
     python benchmarks/search_efficiency.py --epochs 12 --pruner successive_halving --rung 3 --restart-at-rung \
@@ -27,9 +26,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -45,6 +46,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
 from runners.fidelity_stats import seeds_needed  # noqa: E402
 from runners.optuna_engine import SearchRun  # noqa: E402
 from runners.progress import Progress  # noqa: E402
+from runners.signals import die_with_parent, stop_processes  # noqa: E402
 from runners.train import cpu_threads  # noqa: E402
 from search_space.spec import dump_spec, load_spec  # noqa: E402
 
@@ -140,26 +142,27 @@ def single_objective(spec, args, tmp: Path) -> None:
     methods = {default: (spec.search.sampler, spec.search.pruner), "random, no pruning": ("random", "none")}
     judge = Judge(args.factor, args.judge_seeds)
     restarts = list(spec.train.restart_epochs)
-    done = read_record(args.record, judge_seeds=args.judge_seeds, budget=args.budget_epochs,
-                       epochs_per_trial=spec.train.epochs, restart_epochs=restarts,
-                       first_rung=spec.search.pruner_min_epochs if spec.search.pruner != "none" else None)
-    if restarts:
+    settings = dict(judge_seeds=args.judge_seeds, budget=args.budget_epochs, epochs_per_trial=spec.train.epochs,
+                    restart_epochs=restarts,
+                    first_rung=spec.search.pruner_min_epochs if spec.search.pruner != "none" else None)
+    done = read_record(args.record, **settings)
+    if restarts and not args.worker_index:
         print(f"both methods train a schedule that restarts at epoch {restarts[0]}", flush=True)
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        for i, (method, (sampler, pruner)) in enumerate(methods.items()):
-            if (method, seed) in done:
-                continue  # recorded by an earlier or a parallel run of this script
+    with workers(args) as children:
+        for i, method, seed in my_share(list(methods), args, done, settings):
+            sampler, pruner = methods[method]
             r = search_once(spec, sampler, pruner, seed, args.budget_epochs, tmp / f"so-{i}-{seed}", args.verbose)
             r["judged"] = judge(r["arch"])
-            row = {"method": method, "seed": seed, "judge_seeds": args.judge_seeds, "budget": args.budget_epochs,
-                   "epochs_per_trial": spec.train.epochs, "restart_epochs": restarts,
-                   "first_rung": spec.search.pruner_min_epochs if spec.search.pruner != "none" else None,
+            row = {"method": method, "seed": seed, **settings,
                    **{k: r[k] for k in ("proxy", "judged", "epochs", "trials", "full", "seconds")}}
             done[(method, seed)] = row
             append_record(args.record, row)
-            print(f"seed {seed:>2}  {method:<{max(map(len, methods))}}  proxy {r['proxy']:.4f}  {args.factor}x-trained {r['judged']:.4f}  "
-                  f"epochs {r['epochs']:>3}  trials {r['trials']:>3} ({r['full']} full)  {r['seconds']:.0f}s",
-                  flush=True)
+            print(f"{worker_prefix(args)}seed {seed:>2}  {method:<{max(map(len, methods))}}  proxy "
+                  f"{r['proxy']:.4f}  {args.factor}x-trained {r['judged']:.4f}  epochs {r['epochs']:>3}  trials "
+                  f"{r['trials']:>3} ({r['full']} full)  {r['seconds']:.0f}s", flush=True)
+    if args.worker_index:
+        return  # the first process prints the summary
+    done = {**done, **read_record(args.record, **settings)}  # what the workers added
     print_single_objective(list(methods), done, args.factor, args.judge_seeds)
 
 
@@ -184,6 +187,75 @@ def append_record(path, row: dict) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as f:  # one short line per append: parallel runs do not mix
             f.write(json.dumps(row) + "\n")
+
+
+def worker_prefix(args) -> str:
+    return f"[worker {args.worker_index}] " if args.worker_index else ""
+
+
+@contextlib.contextmanager
+def workers(args):
+    """``--workers N``: N - 1 more processes of this script run the same comparison beside this one, each taking
+    the searches no other has (:func:`my_share`); spawned (fresh interpreters), so none inherits this one's
+    torch threads or CUDA state. Leaving the block waits for them; an error or Ctrl-C stops them."""
+    import multiprocessing
+
+    import torch
+
+    children = []
+    if not args.worker_index and args.workers > 1:
+        ctx = multiprocessing.get_context("spawn")
+        for index in range(1, args.workers):
+            worker = argparse.Namespace(**{**vars(args), "worker_index": index, "threads": torch.get_num_threads()})
+            children.append(ctx.Process(target=worker_main, args=(worker, os.getpid())))
+            children[-1].start()
+    try:
+        yield children
+    except BaseException:
+        stop_processes(children)
+        raise
+    for p in children:
+        p.join()
+
+
+def worker_main(args, parent_pid: int) -> None:
+    """One worker of ``--workers N``: the comparison, without the header and the summary."""
+    try:
+        die_with_parent(parent_pid)
+        run(args)
+    except KeyboardInterrupt:
+        pass
+
+
+def my_share(methods: list[str], args, done: dict, settings: dict):
+    """(method index, method, seed) of each search this process runs: not in the record, and not being run by
+    another process sharing the record (an ``flock`` on a file of ``<record>.locks/`` for as long as the caller
+    works on it; the lock dies with its process, so a killed worker's search is run again on a rerun)."""
+    import fcntl
+    import hashlib
+    import json
+
+    locks = Path(f"{args.record}.locks") if args.record else None
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
+        for i, method in enumerate(methods):
+            if (method, seed) in done:
+                continue  # recorded by an earlier or a parallel run of this script
+            if locks is None:
+                yield i, method, seed
+                continue
+            locks.mkdir(parents=True, exist_ok=True)
+            key = hashlib.sha1(json.dumps([method, seed, settings], sort_keys=True).encode()).hexdigest()[:16]
+            fd = os.open(locks / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue  # another process runs this search now
+            try:
+                if (method, seed) not in read_record(args.record, **settings):  # not finished meanwhile
+                    yield i, method, seed
+            finally:
+                os.close(fd)
 
 
 def print_single_objective(methods: list[str], done: dict, factor: int, judge_seeds: int = 1) -> None:
@@ -285,18 +357,21 @@ def multi_objective(spec, args, tmp: Path) -> None:
                                                                        restart_epochs=pruned.train.restart_epochs))
         plain += f", restart at {','.join(map(str, pruned.train.restart_epochs))}"
     methods = {plain: ("none", unpruned), name: ("successive_halving", pruned)}
-    done = read_record(args.record, budget=args.budget_epochs, epochs_per_trial=spec.train.epochs)
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        for i, (method, (pruner, arm)) in enumerate(methods.items()):
-            if (method, seed) in done:
-                continue
+    settings = dict(budget=args.budget_epochs, epochs_per_trial=spec.train.epochs)
+    done = read_record(args.record, **settings)
+    with workers(args):
+        for i, method, seed in my_share(list(methods), args, done, settings):
+            pruner, arm = methods[method]
             r = multi_objective_once(arm, pruner, seed, args.budget_epochs, tmp / f"mo-{i}-{seed}", args.verbose)
-            row = {"method": method, "seed": seed, "budget": args.budget_epochs,
-                   "epochs_per_trial": spec.train.epochs, **r}
+            row = {"method": method, "seed": seed, **settings, **r}
             done[(method, seed)] = row
             append_record(args.record, row)
-            print(f"seed {seed:>2}  {method:<{max(map(len, methods))}}  hypervolume {r['hypervolume']:.4f}  epochs {r['epochs']:>3}  "
-                  f"trials {r['trials']:>3}  front {r['front']:>2}  {r['seconds']:.0f}s", flush=True)
+            print(f"{worker_prefix(args)}seed {seed:>2}  {method:<{max(map(len, methods))}}  hypervolume "
+                  f"{r['hypervolume']:.4f}  epochs {r['epochs']:>3}  trials {r['trials']:>3}  front "
+                  f"{r['front']:>2}  {r['seconds']:.0f}s", flush=True)
+    if args.worker_index:
+        return
+    done = {**done, **read_record(args.record, **settings)}
     print_multi_objective(list(methods), done, spec, args.budget_epochs)
 
 
@@ -383,25 +458,40 @@ def main(argv=None) -> int:
                                                                    "unpruned search restarts at the rung too")
     p.add_argument("--epochs", type=int, help="epochs per full trial (default: the space's train.epochs)")
     p.add_argument("--dataset", help="dataset (default: the space's train.dataset)")
-    p.add_argument("--threads", type=int, help="torch threads (default: the idle cores, as search run does)")
+    p.add_argument("--threads", type=int, help="torch threads per process (default: the idle cores, divided "
+                                               "among the workers)")
+    p.add_argument("--workers", type=int, default=1, help="processes running searches side by side, e.g. one per "
+                                                           "core, or many sharing a GPU (default 1); they share "
+                                                           "--record (a temporary one without it)")
     p.add_argument("--verbose", action="store_true", help="print every trial")
     args = p.parse_args(argv)
-    if args.budget_epochs < 1 or args.seeds < 1 or args.factor < 1 or args.judge_seeds < 1:
-        p.error("--budget-epochs, --seeds, --factor and --judge-seeds must be at least 1")
+    if min(args.budget_epochs, args.seeds, args.factor, args.judge_seeds, args.workers) < 1:
+        p.error("--budget-epochs, --seeds, --factor, --judge-seeds and --workers must be at least 1")
     if args.multi_objective and args.pruner:
         p.error("--pruner is for one objective; --multi-objective compares non-dominated-rank pruning with none")
+    args.worker_index = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.workers > 1 and not args.record:
+            args.record = str(Path(tmp) / "record.jsonl")  # the workers share it
+        run(args)
+    return 0
+
+
+def run(args) -> None:
+    """The comparison ``args`` asks for, in this process (a worker's share of it when ``args.worker_index``)."""
     import torch
 
-    torch.set_num_threads(args.threads or cpu_threads(1))
+    torch.set_num_threads(args.threads or cpu_threads(args.workers))
     spec = load_spec(args.space)
     changes = {k: v for k, v in (("epochs", args.epochs), ("dataset", args.dataset)) if v}
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **changes))
     what = f"{args.budget_epochs} epochs per search" + ("" if args.multi_objective else f", judged after {args.factor}x")
-    print(f"{spec.name} on {spec.train.dataset}: {what}, {spec.train.epochs} epochs per full trial, {args.seeds} "
-          f"seeds, {torch.get_num_threads()} thread(s)", flush=True)
+    if not args.worker_index:
+        workers = f", {args.workers} workers" if args.workers > 1 else ""
+        print(f"{spec.name} on {spec.train.dataset}: {what}, {spec.train.epochs} epochs per full trial, {args.seeds} "
+              f"seeds, {torch.get_num_threads()} thread(s){' each' if workers else ''}{workers}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         (multi_objective if args.multi_objective else single_objective)(spec, args, Path(tmp))
-    return 0
 
 
 if __name__ == "__main__":

@@ -86,3 +86,43 @@ def test_a_candidate_default_changes_the_pruner_and_restarts_both_methods_at_the
     assert se.candidate_spec(space, None, None, restart=False) == (space, "default (tpe+none)")
     with pytest.raises(SystemExit, match="does not fit a 12-epoch trial"):
         se.candidate_spec(space, "successive_halving", 12, restart=True)
+
+
+def test_processes_sharing_a_record_each_take_searches_no_other_has(tmp_path):
+    """Two processes' shares, as ``--workers`` runs them: a search another process holds (its lock) is skipped,
+    one recorded meanwhile is not run again, and a lock is let go when its search is done."""
+    args = SimpleNamespace(record=str(tmp_path / "r.jsonl"), first_seed=0, seeds=2)
+    settings = {"budget": 6}
+    methods = ["tpe", "random"]
+    first = se.my_share(methods, args, {}, settings)
+    assert next(first) == (0, "tpe", 0)                   # held by the first process while it runs
+    second = se.my_share(methods, args, {}, settings)
+    assert next(second) == (1, "random", 0)               # the second skips it
+    se.append_record(args.record, {"method": "tpe", "seed": 0, **settings})
+    se.append_record(args.record, {"method": "tpe", "seed": 1, **settings})  # as if a third process ran it
+    assert next(first) == (1, "random", 1)                # skips what the second holds and what is recorded
+    assert list(second) == []                             # the rest is held or recorded
+    assert list(first) == []
+    # another comparison (another budget) in the same record is not held up by these locks
+    assert next(se.my_share(methods, args, {}, {"budget": 12})) == (0, "tpe", 0)
+
+
+def test_workers_run_every_search_once_and_the_first_process_prints_the_summary(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import SUBPROCESS_ENV
+
+    record = tmp_path / "r.jsonl"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_efficiency.py"), "--seeds", "2",
+                        "--budget-epochs", "2", "--epochs", "1", "--factor", "2", "--dataset", "digits",
+                        "--workers", "2", "--record", str(record)],
+                       capture_output=True, text=True, env=SUBPROCESS_ENV, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr  # the worker process ran (or had nothing left) without an error
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    assert sorted((row["method"], row["seed"]) for row in rows) == [
+        ("default (tpe+none)", 0), ("default (tpe+none)", 1), ("random, no pruning", 0), ("random, no pruning", 1)]
+    assert "2 workers" in r.stdout and "2x-trained accuracy of the architecture each search returns (2 seeds)" \
+        in r.stdout and r.stdout.count("Wilcoxon") == 1
