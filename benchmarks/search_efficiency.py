@@ -148,18 +148,19 @@ def single_objective(spec, args, tmp: Path) -> None:
     done = read_record(args.record, **settings)
     if restarts and not args.worker_index:
         print(f"both methods train a schedule that restarts at epoch {restarts[0]}", flush=True)
-    with workers(args) as children:
-        for i, method, seed in my_share(list(methods), args, done, settings):
-            sampler, pruner = methods[method]
-            r = search_once(spec, sampler, pruner, seed, args.budget_epochs, tmp / f"so-{i}-{seed}", args.verbose)
-            r["judged"] = judge(r["arch"])
-            row = {"method": method, "seed": seed, **settings,
-                   **{k: r[k] for k in ("proxy", "judged", "epochs", "trials", "full", "seconds")}}
-            done[(method, seed)] = row
-            append_record(args.record, row)
-            print(f"{worker_prefix(args)}seed {seed:>2}  {method:<{max(map(len, methods))}}  proxy "
-                  f"{r['proxy']:.4f}  {args.factor}x-trained {r['judged']:.4f}  epochs {r['epochs']:>3}  trials "
-                  f"{r['trials']:>3} ({r['full']} full)  {r['seconds']:.0f}s", flush=True)
+    def one(i: int, method: str, seed: int) -> None:
+        sampler, pruner = methods[method]
+        r = search_once(spec, sampler, pruner, seed, args.budget_epochs, tmp / f"so-{i}-{seed}", args.verbose)
+        r["judged"] = judge(r["arch"])
+        row = {"method": method, "seed": seed, **settings,
+               **{k: r[k] for k in ("proxy", "judged", "epochs", "trials", "full", "seconds")}}
+        done[(method, seed)] = row
+        append_record(args.record, row)
+        print(f"{worker_prefix(args)}seed {seed:>2}  {method:<{max(map(len, methods))}}  proxy {r['proxy']:.4f}  "
+              f"{args.factor}x-trained {r['judged']:.4f}  epochs {r['epochs']:>3}  trials {r['trials']:>3} "
+              f"({r['full']} full)  {r['seconds']:.0f}s", flush=True)
+
+    run_shares(list(methods), args, done, settings, one)
     if args.worker_index:
         return  # the first process prints the summary
     done = {**done, **read_record(args.record, **settings)}  # what the workers added
@@ -175,7 +176,12 @@ def read_record(path, **settings) -> dict:
 
     if not path or not Path(path).exists():
         return {}
-    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # blank, or a line another process is appending right now
     before = {"judge_seeds": 1, "restart_epochs": [], "first_rung": None}  # what rows meant before the key existed
     return {(r["method"], r["seed"]): r for r in rows
             if all(r.get(k, before.get(k, v)) == v for k, v in settings.items())}
@@ -184,8 +190,11 @@ def read_record(path, **settings) -> dict:
 def append_record(path, row: dict) -> None:
     import json
 
+    import fcntl
+
     if path:
-        with open(path, "a", encoding="utf-8") as f:  # one short line per append: parallel runs do not mix
+        with open(path, "a", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # processes sharing the record append whole lines, one at a time
             f.write(json.dumps(row) + "\n")
 
 
@@ -193,29 +202,43 @@ def worker_prefix(args) -> str:
     return f"[worker {args.worker_index}] " if args.worker_index else ""
 
 
-@contextlib.contextmanager
-def workers(args):
-    """``--workers N``: N - 1 more processes of this script run the same comparison beside this one, each taking
-    the searches no other has (:func:`my_share`); spawned (fresh interpreters), so none inherits this one's
-    torch threads or CUDA state. Leaving the block waits for them; an error or Ctrl-C stops them."""
+def run_shares(methods: list[str], args, done: dict, settings: dict, one) -> None:
+    """Call ``one(method index, method, seed)`` for every search this process takes (:func:`my_share`). With
+    ``--workers N``, N - 1 more processes of this script do the same beside the first, spawned (fresh
+    interpreters, so none inherits this one's torch threads or CUDA state); the first waits for them, and runs
+    what a worker that failed left. An error or Ctrl-C here stops them."""
     import multiprocessing
 
     import torch
 
+    def my_searches() -> None:
+        with contextlib.closing(my_share(methods, args, done, settings)) as share:  # a lock is let go on error
+            for i, method, seed in share:
+                one(i, method, seed)
+
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     children = []
-    if not args.worker_index and args.workers > 1:
-        ctx = multiprocessing.get_context("spawn")
-        for index in range(1, args.workers):
-            worker = argparse.Namespace(**{**vars(args), "worker_index": index, "threads": torch.get_num_threads()})
-            children.append(ctx.Process(target=worker_main, args=(worker, os.getpid())))
-            children[-1].start()
     try:
-        yield children
+        if (not args.worker_index and args.workers > 1
+                and any((m, s) not in done for m in methods for s in seeds)):
+            ctx = multiprocessing.get_context("spawn")
+            for index in range(1, args.workers):
+                worker = argparse.Namespace(**{**vars(args), "worker_index": index,
+                                               "threads": torch.get_num_threads()})
+                children.append(ctx.Process(target=worker_main, args=(worker, os.getpid())))
+                children[-1].start()
+        my_searches()
+        for p in children:
+            p.join()
     except BaseException:
         stop_processes(children)
         raise
-    for p in children:
-        p.join()
+    failed = [(i, p.exitcode) for i, p in enumerate(children, 1) if p.exitcode]
+    for i, code in failed:
+        print(f"[worker {i}] stopped with exit code {code}; the searches it had not finished run here", flush=True)
+    if failed:
+        done.update(read_record(args.record, **settings))
+        my_searches()
 
 
 def worker_main(args, parent_pid: int) -> None:
@@ -225,37 +248,42 @@ def worker_main(args, parent_pid: int) -> None:
         run(args)
     except KeyboardInterrupt:
         pass
+    except Exception as e:  # noqa: BLE001 - one line; the first process runs what this worker left
+        print(f"[worker {args.worker_index}] error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def my_share(methods: list[str], args, done: dict, settings: dict):
-    """(method index, method, seed) of each search this process runs: not in the record, and not being run by
-    another process sharing the record (an ``flock`` on a file of ``<record>.locks/`` for as long as the caller
-    works on it; the lock dies with its process, so a killed worker's search is run again on a rerun)."""
+    """(method index, method, seed) of each search this process runs: not in the record, and of a seed no other
+    process sharing the record works on. A process takes a seed's searches together (an ``flock`` on a file of
+    ``<record>.locks/`` while it runs them), so both methods' picks are judged by one process's cache, as with
+    one process. The lock dies with its process: a killed worker's searches run again on a rerun."""
     import fcntl
     import hashlib
     import json
 
     locks = Path(f"{args.record}.locks") if args.record else None
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        for i, method in enumerate(methods):
-            if (method, seed) in done:
-                continue  # recorded by an earlier or a parallel run of this script
-            if locks is None:
-                yield i, method, seed
-                continue
-            locks.mkdir(parents=True, exist_ok=True)
-            key = hashlib.sha1(json.dumps([method, seed, settings], sort_keys=True).encode()).hexdigest()[:16]
-            fd = os.open(locks / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue  # another process runs this search now
-            try:
+        todo = [(i, method) for i, method in enumerate(methods) if (method, seed) not in done]
+        if not todo:
+            continue  # recorded by an earlier or a parallel run of this script
+        if locks is None:
+            yield from ((i, method, seed) for i, method in todo)
+            continue
+        locks.mkdir(parents=True, exist_ok=True)
+        key = hashlib.sha1(json.dumps([seed, settings], sort_keys=True).encode()).hexdigest()[:16]
+        fd = os.open(locks / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # another process works on this seed now
+        try:
+            for i, method in todo:
                 if (method, seed) not in read_record(args.record, **settings):  # not finished meanwhile
                     yield i, method, seed
-            finally:
-                os.close(fd)
+        finally:
+            os.close(fd)
 
 
 def print_single_objective(methods: list[str], done: dict, factor: int, judge_seeds: int = 1) -> None:
@@ -359,16 +387,17 @@ def multi_objective(spec, args, tmp: Path) -> None:
     methods = {plain: ("none", unpruned), name: ("successive_halving", pruned)}
     settings = dict(budget=args.budget_epochs, epochs_per_trial=spec.train.epochs)
     done = read_record(args.record, **settings)
-    with workers(args):
-        for i, method, seed in my_share(list(methods), args, done, settings):
-            pruner, arm = methods[method]
-            r = multi_objective_once(arm, pruner, seed, args.budget_epochs, tmp / f"mo-{i}-{seed}", args.verbose)
-            row = {"method": method, "seed": seed, **settings, **r}
-            done[(method, seed)] = row
-            append_record(args.record, row)
-            print(f"{worker_prefix(args)}seed {seed:>2}  {method:<{max(map(len, methods))}}  hypervolume "
-                  f"{r['hypervolume']:.4f}  epochs {r['epochs']:>3}  trials {r['trials']:>3}  front "
-                  f"{r['front']:>2}  {r['seconds']:.0f}s", flush=True)
+    def one(i: int, method: str, seed: int) -> None:
+        pruner, arm = methods[method]
+        r = multi_objective_once(arm, pruner, seed, args.budget_epochs, tmp / f"mo-{i}-{seed}", args.verbose)
+        row = {"method": method, "seed": seed, **settings, **r}
+        done[(method, seed)] = row
+        append_record(args.record, row)
+        print(f"{worker_prefix(args)}seed {seed:>2}  {method:<{max(map(len, methods))}}  hypervolume "
+              f"{r['hypervolume']:.4f}  epochs {r['epochs']:>3}  trials {r['trials']:>3}  front {r['front']:>2}  "
+              f"{r['seconds']:.0f}s", flush=True)
+
+    run_shares(list(methods), args, done, settings, one)
     if args.worker_index:
         return
     done = {**done, **read_record(args.record, **settings)}
@@ -434,8 +463,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default=str(Path(__file__).resolve().parents[1] / "spaces" / "resnest.yaml"))
     p.add_argument("--seeds", type=int, default=10, help="sampler seeds per method (default 10)")
-    p.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (default 0); with --record, "
-                                                            "several processes can split the seeds")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run from this one (default 0)")
     p.add_argument("--record", help="append each finished search to this JSON-lines file and skip what it holds: "
                                     "a rerun resumes, and the summary covers every recorded seed")
     p.add_argument("--budget-epochs", type=int, default=48, help="training epochs each search may spend")
@@ -485,7 +513,8 @@ def run(args) -> None:
     spec = load_spec(args.space)
     changes = {k: v for k, v in (("epochs", args.epochs), ("dataset", args.dataset)) if v}
     spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **changes))
-    what = f"{args.budget_epochs} epochs per search" + ("" if args.multi_objective else f", judged after {args.factor}x")
+    what = f"{args.budget_epochs} epochs per search" + ("" if args.multi_objective
+                                                         else f", judged after {args.factor}x")
     if not args.worker_index:
         workers = f", {args.workers} workers" if args.workers > 1 else ""
         print(f"{spec.name} on {spec.train.dataset}: {what}, {spec.train.epochs} epochs per full trial, {args.seeds} "

@@ -35,6 +35,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
 from mo_pruning_replay import load_curves  # noqa: E402
 
 from runners.fidelity_stats import seeds_needed  # noqa: E402

@@ -107,7 +107,8 @@ class Audit:
         if is_choice(spec.train.epochs):
             raise SpecError("train.epochs", "the audit needs a fixed proxy epoch count, not a choice")
         self.spec, self.out, self.n, self.factor, self.seeds, self.top_k = spec, Path(out), n, factor, seeds, top_k
-        self.progress = progress or Progress()
+        # with workers, lines only: their lines would land inside a status line redrawn in place
+        self.progress = progress or Progress(tty=False if workers > 1 else None)
         self.device = device
         self.workers, self.worker_index = workers, worker_index
         self.prefix = f"[worker {worker_index}] " if worker_index else ""
@@ -126,21 +127,29 @@ class Audit:
                            f"{self.device}{f', {self.workers} workers' if self.workers > 1 else ''}; "
                            f"{sum(self.load(r) is not None for r in runs)} of {len(runs)} runs already done in "
                            f"{self.out}")
-        children = self._start_workers(threads) if self.workers > 1 else []
+        children = []
         try:
+            if self.workers > 1 and any(self.load(r) is None for r in runs):
+                children = self._start_workers(threads, children)
             self.train_runs(runs)
+            for p in children:
+                p.join()
         except BaseException:
             stop_processes(children)
             raise
-        for p in children:
-            p.join()
+        failed = [(i, p.exitcode) for i, p in enumerate(children, 1) if p.exitcode]
+        for i, code in failed:
+            self.progress.line(f"[worker {i}] stopped with exit code {code}; the runs it had not finished are "
+                               f"trained here")
+        if failed:
+            self.train_runs(runs)
         busy, lost = self._missing(runs)
         if busy:
             self.progress.line(f"{busy} runs are still being trained by another process sharing {self.out}; "
                                f"rerun when it is done for the complete figures")
         if lost:  # another process held them and stopped before it finished them
-            self.progress.line(f"{lost} runs are missing (another process stopped before finishing them); rerun to "
-                               f"train them")
+            self.progress.line(f"{lost} runs are missing (another process stopped before finishing them, or a run "
+                               f"was not recorded); rerun to train them")
         report = self.write_report()
         self.progress.line(summary(report))
         return report
@@ -165,20 +174,21 @@ class Audit:
             self._write_settings()
         return plan_runs(self.n, base.epochs, self.factor, self.seeds, base.seed)
 
-    def _start_workers(self, threads: Optional[int]) -> list:
+    def _start_workers(self, threads: Optional[int], children: list) -> list:
+        """Start the other workers, appending each to ``children`` as it starts (so a failure part way stops the
+        ones already running)."""
         import multiprocessing
 
         import torch
 
         threads = threads or torch.get_num_threads()  # what this process runs with (the CLI divides the cores)
         ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or CUDA state
-        children = []
         for i in range(1, self.workers):
             p = ctx.Process(target=_worker_main, daemon=False,
-                            args=(self.spec, str(self.out), self.n, self.factor, self.seeds, self.workers, i,
-                                  threads, str(self.device), os.getpid()))
-            p.start()
+                            args=(self.spec, str(self.out), self.n, self.factor, self.seeds, self.top_k,
+                                  self.workers, i, threads, str(self.device), os.getpid()))
             children.append(p)
+            p.start()
         return children
 
     def train_runs(self, runs: list[Run]) -> None:
@@ -225,9 +235,14 @@ class Audit:
         result = train(arch.model, config, data=data, device=self.device, image_size=size, on_step=on_step)
         if result.status == "interrupted":
             raise KeyboardInterrupt
+        if result.status == "oom" and self.workers > 1:
+            # beside other workers the memory may have been theirs: not recorded, so a rerun trains it again
+            return {"status": "out of memory beside other workers, not recorded (rerun, with fewer --workers if "
+                              "it happens again)", "val_accuracy": None, "seconds": result.seconds}
         record = {"model": r.model, "kind": r.kind, "epochs": r.epochs, "seed": r.seed, "status": result.status,
                   "reason": result.reason, "val_accuracy": result.val_accuracy, "seconds": result.seconds,
-                  "lr": config.lr, "device": result.device, "worker": self.worker_index, "history": [h["val_accuracy"] for h in result.history],
+                  "lr": config.lr, "device": result.device, "worker": self.worker_index,
+                  "history": [h["val_accuracy"] for h in result.history],
                   "rung_history": [h.get("rung_accuracy") for h in result.history]}
         write_json(self._path(r), fidelity_stats.finite(record))  # atomic: a kill never leaves half a record
         return record
@@ -333,15 +348,15 @@ class Audit:
                           "params": [r["params"] for r in rows], "macs": [r["macs"] for r in rows]}
             report.update(fidelity_stats.fidelity_report(predictors, [[r["long"][s] for r in rows]
                                                                       for s in range(self.seeds)], k=self.top_k))
-            # What a pruner reads after every epoch of the long schedule (the weight average with
-            # rung_ema_epochs), ranked against the truth (point estimates): where a longer search should cut.
-            truth = [sum(r["long"]) / len(r["long"]) for r in rows]
-            # Could any search beat random search here? At the space's trial count and at a half and a quarter
+            # Could a search beat random search here? At the space's trial count and at a half and a quarter
             trials = self.spec.search.trials
             report["search_headroom"] = [
                 fidelity_stats.search_headroom([r["proxy"] for r in rows],
                                                [[r["long"][s] for r in rows] for s in range(self.seeds)], k)
                 for k in sorted({max(1, trials // 4), max(1, trials // 2), trials})]
+            # What a pruner reads after every epoch of the long schedule (the weight average with
+            # rung_ema_epochs), ranked against the truth (point estimates): where a longer search should cut.
+            truth = [sum(r["long"]) / len(r["long"]) for r in rows]
             report["long_rung_at_epoch"] = {
                 str(k): fidelity_stats.spearman([r["long_rungs"][k - 1] for r in rows], truth)
                 for k in range(1, base.epochs * self.factor)}
@@ -357,20 +372,25 @@ class Audit:
         return report
 
 
-def _worker_main(spec: Spec, out: str, n: int, factor: int, seeds: int, workers: int, index: int,
+def _worker_main(spec: Spec, out: str, n: int, factor: int, seeds: int, top_k: int, workers: int, index: int,
                  threads: int, device: str, parent_pid: int) -> None:
     """A worker process of ``search fidelity --workers N``: trains the runs no other process holds; stops with
     its parent. Its lines carry ``[worker i]``; only the parent prints the figures."""
+    import sys
+
     import torch
 
     torch.set_num_threads(threads)
     try:
         die_with_parent(parent_pid)
-        audit = Audit(spec, Path(out), n=n, factor=factor, seeds=seeds, device=device, workers=workers,
-                      worker_index=index, progress=Progress(tty=False))
+        audit = Audit(spec, Path(out), n=n, factor=factor, seeds=seeds, top_k=top_k, device=device,
+                      workers=workers, worker_index=index, progress=Progress(tty=False))
         audit.train_runs(audit._prepare(write=False))
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the group; the parent says how to resume
         pass
+    except Exception as e:  # noqa: BLE001 - one line; the parent trains what this worker left
+        print(f"[worker {index}] error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def _after(values: Optional[list], epoch: int) -> Optional[float]:
@@ -398,9 +418,9 @@ def summary(report: dict) -> str:
         runs = ", ".join(f"{n} on {d}" for d, n in sorted(devices.items()))
         lines.append(f"  runs trained on several devices ({runs}): their numerics differ, which adds to seed noise")
     if report.get("search_headroom"):
-        lines.append(f"  search headroom, the most any search gains over random search (the best of these "
-                     f"{report['n']} architectures against random search's pick by the proxy, each judged on one "
-                     f"long run):")
+        lines.append(f"  search headroom, about the most a search gains over random search (an oracle returning the "
+                     f"best of these {report['n']} architectures against random search's pick by the proxy, each "
+                     f"judged on one long run):")
         for h in report["search_headroom"]:
             need = h["seeds_needed"]
             show = (f"a paired benchmark needs {need} seed{'s' * (need != 1)} to show it" if need

@@ -45,8 +45,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("fidelity", help="audit a space's proxy: does a short run rank as a longer one does?",
                        description="Train a random sample of feasible, in-budget architectures of SPACE.yaml with "
                                    "the proxy recipe and with a complete schedule FACTOR times longer (twice, for "
-                                   "the noise ceiling), and report rank agreement, top-k overlap and regret. "
-                                   "Rerunning the same command resumes.")
+                                   "the noise ceiling), and report rank agreement, top-k overlap, regret and the "
+                                   "headroom a search has over random search. Rerunning the same command resumes.")
     p.add_argument("space", help="the search space (a spec YAML file)")
     p.add_argument("--n", type=int, default=24, help="architectures to sample (default 24)")
     p.add_argument("--factor", type=int, default=4, help="the long schedule is this many times the proxy's epochs "

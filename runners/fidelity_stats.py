@@ -133,25 +133,25 @@ def fidelity_report(predictors: dict[str, Sequence[float]], long_runs: Sequence[
 
 def seeds_needed(sd: float, difference: float) -> int:
     """Seeds a paired test needs to detect a true ``difference`` when paired differences have this ``sd`` (80%
-    power, 5% two-sided, normal approximation)."""
+    power, 5% two-sided, normal approximation); at least 1."""
     return max(1, math.ceil(((1.96 + 0.84) * sd / difference) ** 2))
 
 
 def search_headroom(proxy: Sequence[float], long_runs: Sequence[Sequence[float]], trials: int,
                     resamples: int = 4000, seed: int = 0) -> dict:
-    """How much any search could gain over random search with ``trials`` proxy runs, on this sample: a bound.
+    """About the most a search could gain over random search with ``trials`` proxy runs, on this sample.
 
     Random search draws ``trials`` architectures (with replacement: the sample stands in for the space) and
-    returns the one with the best proxy accuracy. No search can return better than the sample's best
-    architecture by the truth (the mean of its long runs). Each resample judges both on one long run drawn at
-    random, as a benchmark judges a search's pick with one training run, so the sd of the differences (and the
-    seeds a paired benchmark needs to show the mean one) includes that judging noise. The bound leans high: the
-    best was chosen on the runs that judge it. It is a bound for this sample only: the best of ``n`` random
-    architectures, which with ``trials`` near ``n`` random search nearly always meets; the space's best may be
-    better.
+    returns the one with the best proxy accuracy; the oracle returns the sample's best architecture by the truth
+    (the mean of its long runs). Each resample judges both on one long run drawn at random, so the sd of the
+    differences (and the seeds a paired benchmark needs to show the mean one) includes judging noise; it leans a
+    little high against a benchmark that judges every architecture with the same seeds. The gain leans high too
+    (the oracle was chosen on the runs that judge it), but it is the gain of returning the best of ``n`` random
+    architectures, a top 1/n one: a search over the whole space may find better, most of all when ``trials``
+    come near or above ``n``.
 
-    Returns the mean judged accuracy of random search's pick and of the best, their mean difference (the
-    headroom), its sd over resamples, and the seeds a paired benchmark would need to show that difference.
+    Returns the mean judged accuracy of random search's pick and of the oracle's (``best``), their mean
+    difference (the headroom), its sd over resamples, and the seeds a paired benchmark would need to show it.
     """
     runs = np.asarray(long_runs, float)
     scores = np.asarray(proxy, float)

@@ -73,7 +73,7 @@ def test_audit_resumes_after_interruption(tmp_path, monkeypatch, single_thread):
     trials = tiny_spec().search.trials
     assert [h["trials"] for h in report["search_headroom"]] == sorted({max(1, trials // 4), max(1, trials // 2),
                                                                         trials})
-    assert all(h["headroom"] >= 0 for h in report["search_headroom"])
+    assert all(h["headroom"] >= -1e-3 for h in report["search_headroom"])  # a resampled mean: about 0 at least
     for row in report["models"]:
         record = json.loads((tmp_path / "models" / str(row["model"]) / "long-e2-s1.json").read_text())
         assert record["epochs"] == 2 and len(record["history"]) == 2
@@ -138,7 +138,7 @@ def test_processes_sharing_an_audit_split_the_runs_and_rungs_are_reported(tmp_pa
     assert report["long_rung_at_epoch"]["2"] == pytest.approx(report["predictors"]["long_at_epoch_2"]["spearman"])
 
 
-def test_workers_share_the_audit_and_train_each_run_once(tmp_path, monkeypatch, single_thread):
+def test_workers_share_the_audit_and_train_each_run_once(tmp_path, monkeypatch, single_thread, capfd):
     """--workers 2: a spawned worker process trains runs beside this one; no run is trained twice. This process
     waits for the worker's first run before it trains, so both take part however fast the runs are."""
     real_train = Audit._train
@@ -149,7 +149,7 @@ def test_workers_share_the_audit_and_train_each_run_once(tmp_path, monkeypatch, 
                                      for p in tmp_path.glob("models/*/*-s*.json")):
             assert time.monotonic() - start < 120, "the worker process trained nothing"
             time.sleep(0.05)
-        waited.append(1)
+        waited.append(r)
         return real_train(self, r, head)
 
     monkeypatch.setattr(Audit, "_train", after_the_workers_first_run)
@@ -159,8 +159,10 @@ def test_workers_share_the_audit_and_train_each_run_once(tmp_path, monkeypatch, 
                    progress=Progress(tty=False, stream=stream)).run(threads=1)
     assert report["complete"] and report["n"] == 4
     records = [json.loads(p.read_text()) for p in tmp_path.glob("models/*/*-s*.json")]
-    assert len(records) == 12  # 4 proxies + 4 x 2 long runs, each once
+    assert len(records) == 12  # 4 proxies + 4 x 2 long runs
     assert {r["worker"] for r in records} == {0, 1}
+    by_worker = capfd.readouterr().err.count("[worker 1] [")  # one line per run the worker trained
+    assert by_worker >= 1 and len(waited) + by_worker == 12  # each run trained once
     assert "2 workers" in stream.getvalue()
     assert not list(tmp_path.glob("models/*/*.tmp*"))
 

@@ -88,23 +88,36 @@ def test_a_candidate_default_changes_the_pruner_and_restarts_both_methods_at_the
         se.candidate_spec(space, "successive_halving", 12, restart=True)
 
 
-def test_processes_sharing_a_record_each_take_searches_no_other_has(tmp_path):
-    """Two processes' shares, as ``--workers`` runs them: a search another process holds (its lock) is skipped,
-    one recorded meanwhile is not run again, and a lock is let go when its search is done."""
+def test_processes_sharing_a_record_each_take_seeds_no_other_has(tmp_path):
+    """Two processes' shares, as ``--workers`` runs them: a process takes both searches of a seed (so one judge
+    cache serves both picks), skips a seed another process holds and a search recorded meanwhile, and lets a
+    seed go when it is done with it."""
     args = SimpleNamespace(record=str(tmp_path / "r.jsonl"), first_seed=0, seeds=2)
     settings = {"budget": 6}
     methods = ["tpe", "random"]
     first = se.my_share(methods, args, {}, settings)
-    assert next(first) == (0, "tpe", 0)                   # held by the first process while it runs
+    assert next(first) == (0, "tpe", 0)                   # seed 0 is the first process's now
     second = se.my_share(methods, args, {}, settings)
-    assert next(second) == (1, "random", 0)               # the second skips it
-    se.append_record(args.record, {"method": "tpe", "seed": 0, **settings})
-    se.append_record(args.record, {"method": "tpe", "seed": 1, **settings})  # as if a third process ran it
-    assert next(first) == (1, "random", 1)                # skips what the second holds and what is recorded
-    assert list(second) == []                             # the rest is held or recorded
-    assert list(first) == []
+    assert next(second) == (0, "tpe", 1)                  # the second skips it
+    se.append_record(args.record, {"method": "tpe", "seed": 1, **settings})     # the second's result
+    se.append_record(args.record, {"method": "random", "seed": 1, **settings})  # as if run elsewhere meanwhile
+    assert list(second) == []                             # seed 1's other search is recorded
+    assert next(first) == (1, "random", 0)
+    assert list(first) == []                              # seed 1 is free now, and all recorded
+    # nothing was recorded for seed 0: both processes have let it go, so a third takes it from the start
+    third = se.my_share(methods, args, {}, settings)
+    assert next(third) == (0, "tpe", 0)
+    third.close()
     # another comparison (another budget) in the same record is not held up by these locks
     assert next(se.my_share(methods, args, {}, {"budget": 12})) == (0, "tpe", 0)
+
+
+def test_a_line_being_appended_is_not_read_as_a_row(tmp_path):
+    path = tmp_path / "r.jsonl"
+    se.append_record(str(path), {"method": "a", "seed": 0, "budget": 6})
+    with open(path, "a") as f:
+        f.write('{"method": "b", "se')                   # another process is writing this line
+    assert sorted(se.read_record(str(path), budget=6)) == [("a", 0)]
 
 
 def test_workers_run_every_search_once_and_the_first_process_prints_the_summary(tmp_path):
