@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
 from runners.fidelity_stats import seeds_needed  # noqa: E402
 from runners.optuna_engine import SearchRun  # noqa: E402
 from runners.progress import Progress  # noqa: E402
-from runners.signals import die_with_parent, stop_processes  # noqa: E402
+from runners.signals import die_with_parent, failed_processes, processes_beside  # noqa: E402
 from runners.train import cpu_threads  # noqa: E402
 from search_space.spec import dump_spec, load_spec  # noqa: E402
 
@@ -148,23 +148,18 @@ def single_objective(spec, args, tmp: Path) -> None:
     done = read_record(args.record, **settings)
     if restarts and not args.worker_index:
         print(f"both methods train a schedule that restarts at epoch {restarts[0]}", flush=True)
-    def one(i: int, method: str, seed: int) -> None:
+
+    def one(i: int, method: str, seed: int) -> tuple[dict, str]:
         sampler, pruner = methods[method]
         r = search_once(spec, sampler, pruner, seed, args.budget_epochs, tmp / f"so-{i}-{seed}", args.verbose)
         r["judged"] = judge(r["arch"])
-        row = {"method": method, "seed": seed, **settings,
-               **{k: r[k] for k in ("proxy", "judged", "epochs", "trials", "full", "seconds")}}
-        done[(method, seed)] = row
-        append_record(args.record, row)
-        print(f"{worker_prefix(args)}seed {seed:>2}  {method:<{max(map(len, methods))}}  proxy {r['proxy']:.4f}  "
-              f"{args.factor}x-trained {r['judged']:.4f}  epochs {r['epochs']:>3}  trials {r['trials']:>3} "
-              f"({r['full']} full)  {r['seconds']:.0f}s", flush=True)
+        return ({k: r[k] for k in ("proxy", "judged", "epochs", "trials", "full", "seconds")},
+                f"proxy {r['proxy']:.4f}  {args.factor}x-trained {r['judged']:.4f}  epochs {r['epochs']:>3}  "
+                f"trials {r['trials']:>3} ({r['full']} full)  {r['seconds']:.0f}s")
 
-    run_shares(list(methods), args, done, settings, one)
-    if args.worker_index:
-        return  # the first process prints the summary
-    done = {**done, **read_record(args.record, **settings)}  # what the workers added
-    print_single_objective(list(methods), done, args.factor, args.judge_seeds)
+    done = run_shares(list(methods), args, done, settings, one)
+    if done is not None:  # the first process prints the summary
+        print_single_objective(list(methods), done, args.factor, args.judge_seeds)
 
 
 def read_record(path, **settings) -> dict:
@@ -202,43 +197,40 @@ def worker_prefix(args) -> str:
     return f"[worker {args.worker_index}] " if args.worker_index else ""
 
 
-def run_shares(methods: list[str], args, done: dict, settings: dict, one) -> None:
-    """Call ``one(method index, method, seed)`` for every search this process takes (:func:`my_share`). With
-    ``--workers N``, N - 1 more processes of this script do the same beside the first, spawned (fresh
-    interpreters, so none inherits this one's torch threads or CUDA state); the first waits for them, and runs
-    what a worker that failed left. An error or Ctrl-C here stops them."""
-    import multiprocessing
-
+def run_shares(methods: list[str], args, done: dict, settings: dict, one) -> dict | None:
+    """Run ``one(method index, method, seed)`` for every search this process takes (:func:`my_share`), and
+    record and print each result (``one`` returns the row's figures and the line's text). With ``--workers N``,
+    N - 1 more processes of this script do the same beside the first (:func:`runners.signals.processes_beside`);
+    the first waits for them, runs what a worker that failed left, and returns every recorded row of this
+    comparison, for its summary (None in a worker)."""
     import torch
+
+    width = max(map(len, methods))
 
     def my_searches() -> None:
         with contextlib.closing(my_share(methods, args, done, settings)) as share:  # a lock is let go on error
             for i, method, seed in share:
-                one(i, method, seed)
+                figures, line = one(i, method, seed)
+                row = {"method": method, "seed": seed, **settings, **figures}
+                done[(method, seed)] = row
+                append_record(args.record, row)
+                print(f"{worker_prefix(args)}seed {seed:>2}  {method:<{width}}  {line}", flush=True)
 
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    children = []
-    try:
-        if (not args.worker_index and args.workers > 1
-                and any((m, s) not in done for m in methods for s in seeds)):
-            ctx = multiprocessing.get_context("spawn")
-            for index in range(1, args.workers):
-                worker = argparse.Namespace(**{**vars(args), "worker_index": index,
-                                               "threads": torch.get_num_threads()})
-                children.append(ctx.Process(target=worker_main, args=(worker, os.getpid())))
-                children[-1].start()
+    pending = any((m, s) not in done for m in methods for s in seeds)
+    others = args.workers - 1 if not args.worker_index and pending else 0
+    threads = torch.get_num_threads()
+    with processes_beside(worker_main, lambda i: (argparse.Namespace(**{**vars(args), "worker_index": i,
+                                                                          "threads": threads}), os.getpid()),
+                          others) as children:
         my_searches()
-        for p in children:
-            p.join()
-    except BaseException:
-        stop_processes(children)
-        raise
-    failed = [(i, p.exitcode) for i, p in enumerate(children, 1) if p.exitcode]
+    failed = failed_processes(children)
     for i, code in failed:
         print(f"[worker {i}] stopped with exit code {code}; the searches it had not finished run here", flush=True)
     if failed:
         done.update(read_record(args.record, **settings))
         my_searches()
+    return None if args.worker_index else {**done, **read_record(args.record, **settings)}
 
 
 def worker_main(args, parent_pid: int) -> None:
@@ -387,21 +379,16 @@ def multi_objective(spec, args, tmp: Path) -> None:
     methods = {plain: ("none", unpruned), name: ("successive_halving", pruned)}
     settings = dict(budget=args.budget_epochs, epochs_per_trial=spec.train.epochs)
     done = read_record(args.record, **settings)
-    def one(i: int, method: str, seed: int) -> None:
+
+    def one(i: int, method: str, seed: int) -> tuple[dict, str]:
         pruner, arm = methods[method]
         r = multi_objective_once(arm, pruner, seed, args.budget_epochs, tmp / f"mo-{i}-{seed}", args.verbose)
-        row = {"method": method, "seed": seed, **settings, **r}
-        done[(method, seed)] = row
-        append_record(args.record, row)
-        print(f"{worker_prefix(args)}seed {seed:>2}  {method:<{max(map(len, methods))}}  hypervolume "
-              f"{r['hypervolume']:.4f}  epochs {r['epochs']:>3}  trials {r['trials']:>3}  front {r['front']:>2}  "
-              f"{r['seconds']:.0f}s", flush=True)
+        return r, (f"hypervolume {r['hypervolume']:.4f}  epochs {r['epochs']:>3}  trials {r['trials']:>3}  front "
+                   f"{r['front']:>2}  {r['seconds']:.0f}s")
 
-    run_shares(list(methods), args, done, settings, one)
-    if args.worker_index:
-        return
-    done = {**done, **read_record(args.record, **settings)}
-    print_multi_objective(list(methods), done, spec, args.budget_epochs)
+    done = run_shares(list(methods), args, done, settings, one)
+    if done is not None:
+        print_multi_objective(list(methods), done, spec, args.budget_epochs)
 
 
 def print_multi_objective(methods: list[str], done: dict, spec, budget: int) -> None:

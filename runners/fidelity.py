@@ -35,7 +35,7 @@ from search_space.spec import Spec, dump_spec, load_spec
 
 from . import fidelity_stats
 from .progress import Progress, duration
-from .signals import die_with_parent, stop_processes
+from .signals import die_with_parent, failed_processes, processes_beside
 from .trial import with_io
 
 MAX_TRIES_PER_MODEL = 200  # random draws per accepted architecture before the space is called too tight
@@ -127,17 +127,15 @@ class Audit:
                            f"{self.device}{f', {self.workers} workers' if self.workers > 1 else ''}; "
                            f"{sum(self.load(r) is not None for r in runs)} of {len(runs)} runs already done in "
                            f"{self.out}")
-        children = []
-        try:
-            if self.workers > 1 and any(self.load(r) is None for r in runs):
-                children = self._start_workers(threads, children)
+        import torch
+
+        threads = threads or torch.get_num_threads()  # what this process runs with (the CLI divides the cores)
+        others = self.workers - 1 if any(self.load(r) is None for r in runs) else 0
+        with processes_beside(_worker_main, lambda i: (self.spec, str(self.out), self.n, self.factor, self.seeds,
+                                                       self.top_k, self.workers, i, threads, str(self.device),
+                                                       os.getpid()), others) as children:
             self.train_runs(runs)
-            for p in children:
-                p.join()
-        except BaseException:
-            stop_processes(children)
-            raise
-        failed = [(i, p.exitcode) for i, p in enumerate(children, 1) if p.exitcode]
+        failed = failed_processes(children)
         for i, code in failed:
             self.progress.line(f"[worker {i}] stopped with exit code {code}; the runs it had not finished are "
                                f"trained here")
@@ -173,23 +171,6 @@ class Audit:
                 path.write_text(dump_spec(arch), encoding="utf-8")
             self._write_settings()
         return plan_runs(self.n, base.epochs, self.factor, self.seeds, base.seed)
-
-    def _start_workers(self, threads: Optional[int], children: list) -> list:
-        """Start the other workers, appending each to ``children`` as it starts (so a failure part way stops the
-        ones already running)."""
-        import multiprocessing
-
-        import torch
-
-        threads = threads or torch.get_num_threads()  # what this process runs with (the CLI divides the cores)
-        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or CUDA state
-        for i in range(1, self.workers):
-            p = ctx.Process(target=_worker_main, daemon=False,
-                            args=(self.spec, str(self.out), self.n, self.factor, self.seeds, self.top_k,
-                                  self.workers, i, threads, str(self.device), os.getpid()))
-            children.append(p)
-            p.start()
-        return children
 
     def train_runs(self, runs: list[Run]) -> None:
         """Train the runs no process has done or holds, in plan order, writing the figures after each."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
 import time
 import warnings
@@ -34,7 +33,7 @@ from search_space.spec import Spec
 from .progress import Progress
 from .results import Counts, TrialRecord, counts, final_training, status_head, trial_line, write_results
 from . import signals
-from .signals import Interrupted, StopSignals, die_with_parent, stop_error, stop_processes
+from .signals import Interrupted, StopSignals, die_with_parent, processes_beside, stop_error
 from .storage import (RunLock, check_study_known, check_study_present, check_workers, claim, heartbeat, is_sqlite,
                       masked, open_storage, recover_lost_trials, retry_trial, sqlite_path, storage_url,
                       without_password, worker_identity)
@@ -647,21 +646,10 @@ def _run(run: SearchRun, threads: Optional[int]) -> dict:
     if c.done:
         progress.line(f"resuming: {c.done} of {search.trials} trials done ({c.complete} complete, {c.pruned} pruned, "
                       f"{c.failed} failed)")
-    children = []
-    if search.workers > 1:
-        ctx = multiprocessing.get_context("spawn")
-        for i in range(1, search.workers):
-            p = ctx.Process(target=_worker_main, args=(spec, str(out), i, threads, os.getpid()), daemon=False)
-            p.start()
-            children.append(p)
     start = time.perf_counter()
-    try:
+    # on an error or Ctrl-C here, SIGTERM: each worker records its trial as interrupted and enqueues it again
+    with processes_beside(_worker_main, lambda i: (spec, str(out), i, threads, os.getpid()), search.workers - 1):
         run.run_trials()
-    except BaseException:
-        stop_processes(children)  # SIGTERM: each records its trial as interrupted and enqueues it again
-        raise
-    for p in children:
-        p.join()
     run.recover()  # a child that died at the very end
     reconcile_files(study, out)
     progress.clear()

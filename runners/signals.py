@@ -8,6 +8,7 @@ processes also stop when their parent dies (``PR_SET_PDEATHSIG``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -131,3 +132,32 @@ def stop_processes(children: list) -> None:
         if p.is_alive():
             p.kill()
             p.join()
+
+
+@contextlib.contextmanager
+def processes_beside(target, args_of, count: int):
+    """Run ``count`` worker processes, ``target(*args_of(i))`` for i = 1 .. count, beside the ``with`` block.
+
+    They are spawned (fresh interpreters: no forked torch or CUDA state). The block's end waits for them; an
+    error or Ctrl-C in the block, or while they start, stops them (:func:`stop_processes`). Yields the list of
+    processes; :func:`failed_processes` then says which ended with an error."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    children: list = []
+    try:
+        for i in range(1, count + 1):
+            p = ctx.Process(target=target, args=args_of(i), daemon=False)
+            p.start()
+            children.append(p)
+        yield children
+        for p in children:
+            p.join()
+    except BaseException:
+        stop_processes(children)
+        raise
+
+
+def failed_processes(children: list) -> list[tuple[int, int]]:
+    """(worker index from 1, exit code) of each finished worker process that did not exit cleanly."""
+    return [(i, p.exitcode) for i, p in enumerate(children, 1) if p.exitcode]

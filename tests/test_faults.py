@@ -654,3 +654,19 @@ def test_random_kills_lose_nothing(tmp_path):
 @pytest.mark.slow
 def test_random_kills_lose_nothing_many_rounds(tmp_path):
     kill_and_resume(tmp_path, rounds=25, seed=int(os.environ.get("KILL_SEED", 1)))
+
+
+def test_worker_processes_stop_when_the_block_fails_and_a_failed_one_is_named():
+    """The helper every `--workers` uses (search run, search fidelity, the benchmark): an error beside the
+    workers stops them rather than leaving them to run on; a worker's non-zero exit is reported by index."""
+    import sys
+
+    from runners.signals import failed_processes, processes_beside
+
+    with pytest.raises(RuntimeError):
+        with processes_beside(time.sleep, lambda i: (60,), 2) as children:
+            raise RuntimeError("the first process failed")
+    assert len(children) == 2 and not any(p.is_alive() for p in children)
+    with processes_beside(sys.exit, lambda i: (3 if i == 2 else 0,), 2) as children:
+        pass
+    assert failed_processes(children) == [(2, 3)]
