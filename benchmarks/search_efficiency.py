@@ -504,8 +504,10 @@ def run(args) -> None:
                                                          else f", judged after {args.factor}x")
     if not args.worker_index:
         workers = f", {args.workers} workers" if args.workers > 1 else ""
-        print(f"{spec.name} on {spec.train.dataset}: {what}, {spec.train.epochs} epochs per full trial, {args.seeds} "
-              f"seeds, {torch.get_num_threads()} thread(s){' each' if workers else ''}{workers}", flush=True)
+        e, n = spec.train.epochs, args.seeds
+        print(f"{spec.name} on {spec.train.dataset}: {what}, {e} epoch{'s' * (e != 1)} per full trial, {n} "
+              f"seed{'s' * (n != 1)}, {torch.get_num_threads()} thread(s){' each' if workers else ''}{workers}",
+              flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         (multi_objective if args.multi_objective else single_objective)(spec, args, Path(tmp))
 
