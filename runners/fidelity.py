@@ -399,20 +399,25 @@ def summary(report: dict) -> str:
         runs = ", ".join(f"{n} on {d}" for d, n in sorted(devices.items()))
         lines.append(f"  runs trained on several devices ({runs}): their numerics differ, which adds to seed noise")
     if report.get("search_headroom"):
-        lines.append(f"  search headroom, about the most a search gains over random search (an oracle returning the "
-                     f"best of these {report['n']} architectures against random search's pick by the proxy, each "
-                     f"judged on one long run):")
+        lines.append(f"  search headroom, about the most a search gains over random search's pick by the proxy (each "
+                     f"judged on one long run), if it returned the best of these {report['n']} architectures by the "
+                     f"proxy, or by the truth (an oracle):")
         for h in report["search_headroom"]:
-            need = h["seeds_needed"]
-            show = (f"a paired benchmark needs {need} seed{'s' * (need != 1)} to show it" if need
-                    else "no search can gain over random search here")
-            lines.append(f"    {h['trials']:>4} trials: random {_fmt(h['random_pick'])}, best {_fmt(h['best'])}, "
-                         f"gain {h['headroom']:+.3f}: {show}")
+            lines.append(f"    {h['trials']:>4} trials: random {_fmt(h['random_pick'])}; best by the proxy "
+                         f"{_fmt(h['best_by_proxy'])}, {_gain(h['proxy_headroom'], h['proxy_seeds_needed'])}; best "
+                         f"{_fmt(h['best'])}, {_gain(h['headroom'], h['seeds_needed'])}")
     if report.get("long_rung_at_epoch"):
         cut = ", ".join(f"{k}: {_fmt(v).strip()}" for k, v in report["long_rung_at_epoch"].items())
         lines.append(f"  the {report['long_epochs']}-epoch schedule cut after epoch k ranks the truth (Spearman; a "
                      f"rung of a longer search): {cut}")
     return "\n".join(lines)
+
+
+def _gain(gain: float, seeds: Optional[int]) -> str:
+    """A gain over random search and the seeds a paired benchmark needs to show it."""
+    if seeds is None:
+        return f"{gain:+.3f} (nothing to show)"
+    return f"{gain:+.3f} ({seeds} seed{'s' * (seeds != 1)} to show it)"
 
 
 def _fmt(x) -> str:

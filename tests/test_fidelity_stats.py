@@ -90,13 +90,19 @@ def test_search_headroom_by_hand():
     assert one["best"] == pytest.approx(0.85, abs=0.005)
     assert one["headroom"] == pytest.approx(one["best"] - one["random_pick"])
     assert one["trials"] == 1 and one["seeds_needed"] == seeds_needed(one["sd"], one["headroom"])
+    # the proxy's favourite is model 2 (0.70), the average of a uniform draw too: nothing to gain by the proxy
+    assert one["best_by_proxy"] == pytest.approx(0.70)
+    assert one["proxy_headroom"] == pytest.approx(0.0, abs=0.005)
     # many trials: random search nearly always draws the proxy's favourite, model 2 (0.70)
     many = search_headroom([0.1, 0.2, 0.3], LONG_RUNS, trials=40)
     assert many["random_pick"] == pytest.approx(0.70)  # its two runs agree
     assert many["headroom"] == pytest.approx(0.15, abs=0.005)  # the best's runs (0.9, 0.8) drawn at random
+    # a search that maximised this proxy would return what random search does: the proxy is what falls short
+    assert many["proxy_headroom"] == pytest.approx(0.0) and many["proxy_seeds_needed"] is None
     # a proxy that favours the best: with many trials nothing is left to gain, and no benchmark can show a gain
     solved = search_headroom([0.1, 0.3, 0.2], LONG_RUNS, trials=40)
     assert solved["headroom"] == pytest.approx(0.0) and solved["seeds_needed"] is None
+    assert solved["best_by_proxy"] == solved["best"]
     assert search_headroom([0.1, 0.2, 0.3], LONG_RUNS, trials=3) == search_headroom([0.1, 0.2, 0.3], LONG_RUNS, 3)
 
 
