@@ -122,15 +122,16 @@ class Audit:
         """Train every run not done yet (with ``workers - 1`` more processes sharing the directory, each with
         ``threads`` torch threads on the CPU), then write and print the figures."""
         runs = self._prepare(write=True)
+        done = sum(self.load(r) is not None for r in runs)
         self.progress.line(f"fidelity {self.spec.name}: {self.n} architectures x (proxy {self.spec.train.epochs} "
                            f"epochs + {self.seeds} x {self.spec.train.epochs * self.factor} epochs), device "
                            f"{self.device}{f', {self.workers} workers' if self.workers > 1 else ''}; "
-                           f"{sum(self.load(r) is not None for r in runs)} of {len(runs)} runs already done in "
+                           f"{done} of {len(runs)} runs already done in "
                            f"{self.out}")
         import torch
 
         threads = threads or torch.get_num_threads()  # what this process runs with (the CLI divides the cores)
-        others = self.workers - 1 if any(self.load(r) is None for r in runs) else 0
+        others = self.workers - 1 if done < len(runs) else 0  # none to start for a finished audit
         with processes_beside(_worker_main, lambda i: (self.spec, str(self.out), self.n, self.factor, self.seeds,
                                                        self.top_k, self.workers, i, threads, str(self.device),
                                                        os.getpid()), others) as children:
