@@ -61,7 +61,9 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
 
     A trial's random draws then depend on its number only, not on the process or the storage: a single process
     reproduces a run on SQLite and on a journal file alike, and processes sharing a study never draw the same
-    random trials (they never get the same number)."""
+    random trials (they never get the same number). A sampler's inner random sampler gets the same seed, so the
+    startup trials of TPE or GP are the trials random search draws with that seed: comparing samplers at one seed
+    is then paired on those trials (common random numbers), and only what the sampler learned differs."""
 
     def __init__(self, sampler: optuna.samplers.BaseSampler, seed: int):
         self.sampler = sampler
@@ -72,7 +74,7 @@ class PerTrialSeed(optuna.samplers.BaseSampler):
             if isinstance(value, LazyRandomState):
                 setattr(obj, name, LazyRandomState(seed))
             elif depth < 2 and (isinstance(value, optuna.samplers.BaseSampler) or hasattr(value, "_rng")):
-                self._reseed(value, seed + 1 + depth, depth + 1)
+                self._reseed(value, seed, depth + 1)
 
     def before_trial(self, study, trial):
         self._reseed(self.sampler, (self.seed * 1_000_003 + trial.number * 7_919) % 2**32)

@@ -22,7 +22,8 @@ OVERRIDES = {
     "trials": ("search", "trials"), "timeout": ("search", "timeout"), "storage": ("search", "storage"),
     "study_name": ("search", "study_name"), "sampler": ("search", "sampler"), "pruner": ("search", "pruner"),
     "seed": ("search", "seed"), "final_epochs": ("search", "final_epochs"), "workers": ("search", "workers"),
-    "objectives": ("search", "objectives"), "backend": ("search", "backend"), "epochs": ("train", "epochs"), "dataset": ("train", "dataset"),
+    "objectives": ("search", "objectives"), "backend": ("search", "backend"), "epochs": ("train", "epochs"),
+    "dataset": ("train", "dataset"),
     "data_dir": ("train", "data_dir"), "device": ("train", "device"),
 }
 

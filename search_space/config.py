@@ -66,8 +66,9 @@ class TrainConfig:
 
 @dataclass
 class SearchConfig:
-    trials: int = field(24, min=1, max=1_000_000, doc="trials in the study (completed, pruned and failed ones count; a rerun or "
-                                       "another worker continues until the study holds this many)")
+    trials: int = field(24, min=1, max=1_000_000,
+                        doc="trials in the study (completed, pruned and failed ones count; a rerun or "
+                        "another worker continues until the study holds this many)")
     timeout: Optional[float] = field(None, min=0.0, doc="stop starting new trials after this many seconds")
     sampler: Literal["tpe", "random", "gp", "nsga2"] = field(
         "tpe", doc="Optuna sampler: tpe (multivariate, grouped; constant liar with parallel workers), random, "
@@ -92,8 +93,9 @@ class SearchConfig:
     seed: int = field(0, min=0, max=SEED_MAX, doc="sampler seed")
     workers: int = field(1, min=1, max=256, doc="local worker processes sharing the study (needs a storage other than "
                                        "SQLite)")
-    final_epochs: Optional[int] = field(None, min=1, max=100_000, doc="at the end, train the best architecture this many "
-                                                         "epochs and score it once on the test split; null: skip")
+    final_epochs: Optional[int] = field(None, min=1, max=100_000,
+                                        doc="at the end, train the best architecture this many "
+                                        "epochs and score it once on the test split; null: skip")
     top: int = field(10, min=1, max=100_000, doc="rows of the results table")
     backend: Literal["optuna", "ray"] = field(
         "optuna", doc="engine: optuna (local processes; SQLite, journal or RDB storage) or ray (Ray Tune on a local "

@@ -143,7 +143,8 @@ def parse_choice(raw: dict, path: str, check_value, tp=None) -> Choice:
     """
     kinds = [k for k in CHOICE_KEYS if k in raw]
     if len(kinds) != 1:
-        raise SpecError(path, f"a choice needs exactly one of choice/int/float, got {short(str(sorted(map(str, raw))))}")
+        got = short(str(sorted(map(str, raw))))
+        raise SpecError(path, f"a choice needs exactly one of choice/int/float, got {got}")
     kind = kinds[0]
     if kind != "choice" and tp is not None and (number_kind(tp) or str).__name__ != kind:
         wanted = {int: "{int: [low, high]} or {choice: [...]}", float: "{float: [low, high]} or {choice: [...]}"}
@@ -260,7 +261,8 @@ def check_value(value: Any, tp, path: str, meta: dict | None = None) -> Any:
             if isinstance(value, str):
                 close = difflib.get_close_matches(value, [a for a in allowed if isinstance(a, str)], n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SpecError(path, f"{_fmt(value)} is not allowed; expected one of {', '.join(_fmt(a) for a in allowed)}{hint}")
+            expected = ", ".join(_fmt(a) for a in allowed)
+            raise SpecError(path, f"{_fmt(value)} is not allowed; expected one of {expected}{hint}")
         return value
     if origin is list:
         (inner,) = typing.get_args(tp)
@@ -307,9 +309,11 @@ def check_value(value: Any, tp, path: str, meta: dict | None = None) -> Any:
         raise TypeError(f"unsupported schema type {tp} at {path}")
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and value < lo:
-        raise SpecError(path, f"{_fmt(value)} is too small; allowed: >= {lo}" + (f" and <= {hi}" if hi is not None else ""))
+        raise SpecError(path, f"{_fmt(value)} is too small; allowed: >= {lo}"
+                        + (f" and <= {hi}" if hi is not None else ""))
     if hi is not None and value > hi:
-        raise SpecError(path, f"{_fmt(value)} is too large; allowed: <= {hi}" + (f" and >= {lo}" if lo is not None else ""))
+        raise SpecError(path, f"{_fmt(value)} is too large; allowed: <= {hi}"
+                        + (f" and >= {lo}" if lo is not None else ""))
     return value
 
 
@@ -339,7 +343,8 @@ def parse_dataclass(cls, raw: Any, path: str, allow_choices: bool, special: dict
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise SpecError(path, f"{_fmt(raw)} is not a mapping; expected keys: {', '.join(f.name for f in dataclasses.fields(cls))}")
+        keys = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise SpecError(path, f"{_fmt(raw)} is not a mapping; expected keys: {keys}")
     types_ = hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}

@@ -75,16 +75,18 @@ class StemSpec:
         "conv7", doc="conv7: 7x7/2 + maxpool; deep: three 3x3 (width/2, width/2, width) + maxpool; "
         "deep_tiered: three 3x3 (3 * (width/2 // 4), width/2, width) + maxpool (timm's resnet26t/50t: 24-32-64); "
         "cifar: one 3x3/1, no pool (8-64 px inputs); rexnet: 3x3/2 + SiLU")
-    width: int = field(64, min=1, max=1024, doc="stem output channels (with a linear `model.widths` schedule: at multiplier 1, "
-                                      "scaled as ReXNet does, round(width * max(multiplier, 1)))")
+    width: int = field(64, min=1, max=1024,
+                       doc="stem output channels (with a linear `model.widths` schedule: at multiplier 1, "
+                       "scaled as ReXNet does, round(width * max(multiplier, 1)))")
 
 
 @dataclass
 class HeadSpec:
     pool: Literal["avg", "max"] = field("avg", doc="global pooling of the last feature map")
     dropout: float = field(0.0, min=0.0, max=1.0, doc="dropout before the classifier")
-    conv_width: int = field(0, min=0, max=8192, doc="1x1 conv + BN + act to this width before pooling (0: none; ReXNet 1280); "
-                                          "with a linear `model.widths` schedule it scales: int(conv_width * multiplier + 0.5)")
+    conv_width: int = field(0, min=0, max=8192,
+                            doc="1x1 conv + BN + act to this width before pooling (0: none; ReXNet 1280); "
+                            "with a linear `model.widths` schedule it scales: int(conv_width * multiplier + 0.5)")
     act: Literal["relu", "silu"] = field("relu", doc="activation of the head conv")
 
 
@@ -106,7 +108,8 @@ class WidthSpec:
         "stage", doc="stage: every block has its stage's `width`; linear: block widths grow linearly over all the "
         "network's blocks (ReXNet) and stages leave `width` out")
     start: int = field(16, min=1, max=1024, doc="linear: width of the first block at multiplier 1 (ReXNet: 16)")
-    growth: float = field(180.0, min=0.0, max=8192.0, doc="linear: channels added over all n blocks at multiplier 1, block i "
+    growth: float = field(180.0, min=0.0, max=8192.0,
+                          doc="linear: channels added over all n blocks at multiplier 1, block i "
                           "(0-based) gets start + i * growth / n (ReXNet: 180, so widths 16..185 over 16 blocks)")
     multiplier: float = field(1.0, min=0.1, max=10.0, doc="linear: width multiplier, width_i = round((start + i * "
                               "growth / n) * multiplier) with Python's round (half to even); below 1 the start is "
@@ -140,8 +143,10 @@ class WidthSpec:
 
 @dataclass
 class ModelSpec:
-    in_channels: Optional[int] = field(None, min=1, max=1024, doc="input channels; null: from the dataset (3 for compile)")
-    num_classes: Optional[int] = field(None, min=1, max=100_000, doc="classes; null: from the dataset (1000 for compile)")
+    in_channels: Optional[int] = field(None, min=1, max=1024,
+                                       doc="input channels; null: from the dataset (3 for compile)")
+    num_classes: Optional[int] = field(None, min=1, max=100_000,
+                                       doc="classes; null: from the dataset (1000 for compile)")
     input_size: int = field(224, min=1, max=1024, doc="input height = width the cost model, budgets and checks use")
     stem: StemSpec = field(default_factory=StemSpec, doc="the stem")
     widths: WidthSpec = field(default_factory=WidthSpec, doc="where block widths come from: each stage's `width` "

@@ -17,8 +17,8 @@ from conftest import ROOT
 
 def tiny_spec():
     spec = load_spec(ROOT / "spaces" / "resnest.yaml")
-    train = dataclasses.replace(spec.train, dataset="synthetic", synthetic_samples=100, epochs=1, batch_size=32, image_size=8,
-                                device="cpu")
+    train = dataclasses.replace(spec.train, dataset="synthetic", synthetic_samples=100, epochs=1, batch_size=32,
+                                image_size=8, device="cpu")
     return dataclasses.replace(spec, train=train)
 
 

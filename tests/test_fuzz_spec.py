@@ -46,7 +46,8 @@ ODD_VALUES = [
     None, True, False, 0, -1, 1, 2, 3, 7, 2.0, 0.5, -0.5, 1e-300, 1e308, -1e308, 10**12, 10**400, -(10**30),
     math.nan, math.inf, -math.inf, "", "x", "plain", "none", "1.0e6", "nan", "a\nb", "k" * 5000, "/tmp/x", "../../x",
     [], [1], [1, 2], [[[]]], {}, {"a": 1}, {"choice": []}, {"int": [1, 2]}, {"float": [0.1, 0.2]},
-    {"choice": [1, 2], "int": [1, 2]}, {"int": [3, 1]}, {"float": [0, 1], "log": True}, {"float": [0.1, 1], "step": math.nan},
+    {"choice": [1, 2], "int": [1, 2]}, {"int": [3, 1]}, {"float": [0, 1], "log": True},
+    {"float": [0.1, 1], "step": math.nan},
 ]
 ODD_KEYS = ["", "zzz", "typo", "a\nb", "k" * 300, "choice", "int", "float", "step", "log", 1, None, True]
 

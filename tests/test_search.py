@@ -197,6 +197,39 @@ def test_model_based_samplers_run(tmp_path, sampler, pruner):
     assert trial_counts(load(out)).done == 4
 
 
+def test_model_based_samplers_start_with_the_trials_random_search_draws_at_that_seed():
+    """Common random numbers: at one seed, TPE's and GP's startup trials are random search's first trials, so a
+    paired comparison of samplers (benchmarks/search_efficiency.py) differs only in what the sampler learned."""
+    from runners.optuna_engine import PerTrialSeed, make_sampler
+    from search_space.sampling import InfeasibleSample
+
+    space = load_spec(ROOT / "spaces" / "resnest.yaml")
+    startup = 4
+
+    def draws(sampler: str, seed: int) -> list[dict]:
+        search = dataclasses.replace(space.search, sampler=sampler, startup_trials=startup)
+        study = optuna.create_study(direction="maximize",
+                                    sampler=PerTrialSeed(make_sampler(search, 1, False, seed), seed))
+        params = []
+        for _ in range(startup + 2):
+            trial = study.ask()
+            try:
+                sample(space, trial)
+                study.tell(trial, trial.params["train.lr"])
+            except InfeasibleSample:
+                study.tell(trial, state=TrialState.FAIL)
+            params.append(trial.params)
+        return params
+
+    for seed in (0, 5):
+        random = draws("random", seed)
+        for sampler in ("tpe", "gp"):
+            learned = draws(sampler, seed)
+            assert learned[:startup] == random[:startup], sampler
+            assert learned[startup:] != random[startup:], sampler  # after startup the sampler draws its own
+    assert draws("random", 0) != draws("random", 5)
+
+
 def test_latency_objective_is_measured(tmp_path):
     path, out = write_space(tmp_path, search__objectives=["latency"], search__trials=2, train__epochs=1), \
         tmp_path / "run"

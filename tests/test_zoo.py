@@ -1,5 +1,6 @@
 """The paper zoo: exact parameter counts (DESIGN.md section 4, and timm's counts for the variants of issue 8) from
-the cost model and the built module, and MACs within 1% of torch's flop counter and of the reference GMACs. One forward per model, at 224x224, batch 1.
+the cost model and the built module, and MACs within 1% of torch's flop counter and of the reference GMACs. One
+forward per model, at 224x224, batch 1.
 
 The counted forward runs on the ``meta`` device: the flop counter counts from shapes alone, so the count is the
 one a CPU forward gives (``test_meta_count_equals_cpu_count`` holds that on ResNet-18, and ``search compile``

@@ -10,8 +10,8 @@ Design"), following the reference code (clovaai/rexnet; timm's ``LinearBottlenec
 
 The output widths come from the model (``model.widths``: ReXNet's linear schedule, or the stage's width), so a
 block only sees ``in`` and ``out``. ``rexnet_divisor`` rounds the depthwise and SE widths to its multiples
-(``make_divisible``); ReXNet uses 1, the rounded ``rexnetr_*`` variants 8. Like timm's ReXNet, the last BN is not zero-initialised: with a partial
-residual that would leave the new channels constant at the start.
+(``make_divisible``); ReXNet uses 1, the rounded ``rexnetr_*`` variants 8. Like timm's ReXNet, the last BN is
+not zero-initialised: with a partial residual that would leave the new channels constant at the start.
 """
 
 from __future__ import annotations

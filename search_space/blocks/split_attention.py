@@ -31,7 +31,8 @@ class SplitAttention(nn.Module):
         self.pool_first = nn.AvgPool2d(3, stride, padding=1) if pool and avd_first else nn.Identity()
         self.conv = conv_bn(ci, co * radix, 3, conv_stride, groups=cardinality * radix)
         a = splat_attn_channels(co, radix)
-        self.fc1 = nn.Sequential(conv(co, a, 1, groups=cardinality, bias=True), nn.BatchNorm2d(a), nn.ReLU(inplace=True))
+        self.fc1 = nn.Sequential(conv(co, a, 1, groups=cardinality, bias=True), nn.BatchNorm2d(a),
+                                 nn.ReLU(inplace=True))
         self.fc2 = conv(a, co * radix, 1, groups=cardinality, bias=True)
         self.pool = nn.AvgPool2d(3, stride, padding=1) if pool and not avd_first else nn.Identity()
 
