@@ -144,7 +144,8 @@ def single_objective(spec, args, tmp: Path) -> None:
     restarts = list(spec.train.restart_epochs)
     settings = dict(judge_seeds=args.judge_seeds, budget=args.budget_epochs, epochs_per_trial=spec.train.epochs,
                     restart_epochs=restarts,
-                    first_rung=spec.search.pruner_min_epochs if spec.search.pruner != "none" else None)
+                    first_rung=spec.search.pruner_min_epochs if spec.search.pruner != "none" else None,
+                    startup=STARTUP)
     done = read_record(args.record, **settings)
     if restarts and not args.worker_index:
         print(f"both methods train a schedule that restarts at epoch {restarts[0]}", flush=True)
@@ -162,11 +163,17 @@ def single_objective(spec, args, tmp: Path) -> None:
         print_single_objective(list(methods), done, args.factor, args.judge_seeds)
 
 
+# How a sampler's startup trials are seeded (runners.optuna_engine.PerTrialSeed): since f329d1a they are the
+# trials random search draws at the same seed. Rows recorded before drew them from another seed.
+STARTUP = "shared with random search"
+
+
 def read_record(path, **settings) -> dict:
     """Rows of earlier runs (``--record``): one JSON object per line, keyed by (method, seed). Rows that name a
     different value for one of ``settings`` (judge seeds, budget, epochs per trial) are runs of another
     comparison and are skipped. A row without a key predates it: it judged once, without restarts or a
-    pruner's rung, and is kept for a budget or epoch count it did not record."""
+    pruner's rung, its sampler drew its startup trials from another seed than random search's, and it is kept
+    for a budget or epoch count it did not record."""
     import json
 
     if not path or not Path(path).exists():
@@ -177,7 +184,8 @@ def read_record(path, **settings) -> dict:
             rows.append(json.loads(line))
         except ValueError:
             continue  # blank, or a line another process is appending right now
-    before = {"judge_seeds": 1, "restart_epochs": [], "first_rung": None}  # what rows meant before the key existed
+    # what rows meant before the key existed
+    before = {"judge_seeds": 1, "restart_epochs": [], "first_rung": None, "startup": "own seed"}
     return {(r["method"], r["seed"]): r for r in rows
             if all(r.get(k, before.get(k, v)) == v for k, v in settings.items())}
 
@@ -377,7 +385,7 @@ def multi_objective(spec, args, tmp: Path) -> None:
                                                                        restart_epochs=pruned.train.restart_epochs))
         plain += f", restart at {','.join(map(str, pruned.train.restart_epochs))}"
     methods = {plain: ("none", unpruned), name: ("successive_halving", pruned)}
-    settings = dict(budget=args.budget_epochs, epochs_per_trial=spec.train.epochs)
+    settings = dict(budget=args.budget_epochs, epochs_per_trial=spec.train.epochs, startup=STARTUP)
     done = read_record(args.record, **settings)
 
     def one(i: int, method: str, seed: int) -> tuple[dict, str]:

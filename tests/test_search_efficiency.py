@@ -46,6 +46,10 @@ def test_records_of_another_comparison_are_skipped(tmp_path):
                                  "restart_epochs": [3], "first_rung": 3})
     assert sorted(se.read_record(str(path), budget=96, restart_epochs=[3], first_rung=3)) == [("a", 2)]
     assert ("a", 2) not in se.read_record(str(path), budget=96, restart_epochs=[], first_rung=None)
+    # rows whose sampler drew its startup trials from another seed than random search's are another comparison
+    se.append_record(str(path), {"method": "a", "seed": 3, "budget": 96, "startup": se.STARTUP})
+    assert sorted(se.read_record(str(path), budget=96, startup=se.STARTUP)) == [("a", 3)]
+    assert ("a", 3) not in se.read_record(str(path), budget=96, startup="own seed")
 
 
 def test_multi_objective_summary_reads_the_hypervolume_at_the_budget(capsys):
