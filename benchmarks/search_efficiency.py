@@ -318,6 +318,9 @@ def print_single_objective(methods: list[str], done: dict, factor: int, judge_se
         need = [(d, seeds_needed(sd, d)) for d in (0.005, 0.01, 0.02)]
         print(f"sd of the paired differences {sd:.4f}: seeds needed to detect a true difference of "
               + ", ".join(f"{d:.3f} ({n})" for d, n in need) + " (80% power, 5% two-sided, normal approximation)")
+    else:  # e.g. a budget no larger than the startup trials, which both searches share (common random numbers)
+        print("Wilcoxon signed-rank (paired by seed): no test, "
+              + ("every pair tied" if len(diffs) >= 2 else "one seed"))
 
 
 def hypervolume_2d(points: list[tuple[float, float]], reference: tuple[float, float] = (1.0, 1.0)) -> float:
