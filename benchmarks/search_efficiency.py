@@ -50,6 +50,10 @@ from runners.signals import die_with_parent, failed_processes, processes_beside 
 from runners.train import cpu_threads  # noqa: E402
 from search_space.spec import dump_spec, load_spec  # noqa: E402
 
+# How a sampler's startup trials are seeded (runners.optuna_engine.PerTrialSeed): since f329d1a they are the
+# trials random search draws at the same seed. Rows recorded before drew them from another seed.
+STARTUP = "shared with random search"
+
 
 def epochs_spent(study) -> int:
     return sum(t.user_attrs.get("epochs", 0) for t in study.get_trials(deepcopy=False))
@@ -161,11 +165,6 @@ def single_objective(spec, args, tmp: Path) -> None:
     done = run_shares(list(methods), args, done, settings, one)
     if done is not None:  # the first process prints the summary
         print_single_objective(list(methods), done, args.factor, args.judge_seeds)
-
-
-# How a sampler's startup trials are seeded (runners.optuna_engine.PerTrialSeed): since f329d1a they are the
-# trials random search draws at the same seed. Rows recorded before drew them from another seed.
-STARTUP = "shared with random search"
 
 
 def read_record(path, **settings) -> dict:

@@ -23,8 +23,7 @@ OVERRIDES = {
     "study_name": ("search", "study_name"), "sampler": ("search", "sampler"), "pruner": ("search", "pruner"),
     "seed": ("search", "seed"), "final_epochs": ("search", "final_epochs"), "workers": ("search", "workers"),
     "objectives": ("search", "objectives"), "backend": ("search", "backend"), "epochs": ("train", "epochs"),
-    "dataset": ("train", "dataset"),
-    "data_dir": ("train", "data_dir"), "device": ("train", "device"),
+    "dataset": ("train", "dataset"), "data_dir": ("train", "data_dir"), "device": ("train", "device"),
 }
 
 
