@@ -14,14 +14,15 @@ from .schema import SpecError, _fmt, field, largest
 
 SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit
 
-DATASETS = ("digits", "digits_hard", "cifar10", "cifar100", "imagefolder", "synthetic")
+DATASETS = ("digits", "digits_hard", "digits_pairs", "cifar10", "cifar100", "imagefolder", "synthetic")
 
 
 @dataclass
 class TrainConfig:
-    dataset: Literal["digits", "digits_hard", "cifar10", "cifar100", "imagefolder", "synthetic"] = field(
+    dataset: Literal["digits", "digits_hard", "digits_pairs", "cifar10", "cifar100", "imagefolder", "synthetic"] = field(
         "digits", doc="digits ships with scikit-learn (no download); digits_hard: two distorted 32x32 copies of "
-        "each digit (warps, clutter, noise; no download); cifar10/cifar100/imagefolder read data_dir")
+        "each digit (warps, clutter, noise; no download); digits_pairs: two digits side by side, 100 classes "
+        "(no download); cifar10/cifar100/imagefolder read data_dir")
     data_dir: Optional[str] = field(None, doc="directory of cifar10/cifar100 python batches or of class folders")
     image_size: Optional[int] = field(None, min=1, max=1024, doc="train at this size; null: the model's input_size")
     val_fraction: float = field(0.15, min=0.01, max=0.9, doc="share of the training data held out for validation")

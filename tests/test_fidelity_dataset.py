@@ -41,3 +41,30 @@ def test_grouped_split_keeps_groups_whole_and_without_groups_is_the_stratified_s
     rest, taken = grouped_split(groups % 4, groups, 0.4, 1)
     assert not set(groups[rest].tolist()) & set(groups[taken].tolist())
     assert len(taken) == 16 and len(rest) == 24  # 2 of the 5 pairs of each of the 4 labels
+
+
+def test_digits_pairs_is_deterministic_and_reads_two_digits():
+    _load_source.cache_clear()
+    first = _load_source("digits_pairs", None, None, 512, 10, 3)
+    _load_source.cache_clear()
+    again = _load_source("digits_pairs", None, None, 512, 10, 3)
+    assert torch.equal(first.train_x, again.train_x) and torch.equal(first.train_y, again.train_y)
+    assert first.train_x.shape == (4000, 1, 32, 32) and first.num_classes == 100
+    assert len(torch.bincount(first.train_y, minlength=100)) == 100 and int(torch.bincount(first.train_y).min()) > 0
+    # the splits are stratified by the left digit, which is the tens of the class
+    assert torch.equal(first.strata, first.train_y // 10)
+    # every image shows a digit in each half (digit strokes near 255; the background noise has sd 10)
+    assert (first.train_x[..., :16].flatten(1).amax(1) > 160).all()
+    assert (first.train_x[..., 16:].flatten(1).amax(1) > 160).all()
+
+
+def test_digits_pairs_splits_never_share_a_digit_block():
+    data = load_dataset(TrainConfig(dataset="digits_pairs", seed=5), image_size=16)
+    source = _load_source("digits_pairs", None, None, 512, 10, 3)
+    groups = {split: set(source.groups[rows].tolist()) for split, rows in data.rows.items()}
+    assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"]
+    assert not groups["val"] & groups["test"]
+    assert data.num_classes == 100 and data.train_x.shape[1:] == (1, 16, 16)
+    # ten strata of about twenty blocks each: the held-out shares are close to the asked fractions
+    assert abs(len(data.rows["test"]) / 4000 - 0.2) < 0.03
+    assert abs(len(data.rows["val"]) / (4000 - len(data.rows["test"])) - 0.15) < 0.03
