@@ -19,7 +19,7 @@ DATASETS = ("digits", "digits_hard", "digits_pairs", "cifar10", "cifar100", "ima
 
 @dataclass
 class TrainConfig:
-    dataset: Literal["digits", "digits_hard", "digits_pairs", "cifar10", "cifar100", "imagefolder", "synthetic"] = field(
+    dataset: Literal[DATASETS] = field(
         "digits", doc="digits ships with scikit-learn (no download); digits_hard: two distorted 32x32 copies of "
         "each digit (warps, clutter, noise; no download); digits_pairs: two digits side by side, 100 classes "
         "(no download); cifar10/cifar100/imagefolder read data_dir")

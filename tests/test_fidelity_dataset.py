@@ -50,7 +50,8 @@ def test_digits_pairs_is_deterministic_and_reads_two_digits():
     again = _load_source("digits_pairs", None, None, 512, 10, 3)
     assert torch.equal(first.train_x, again.train_x) and torch.equal(first.train_y, again.train_y)
     assert first.train_x.shape == (4000, 1, 32, 32) and first.num_classes == 100
-    assert len(torch.bincount(first.train_y, minlength=100)) == 100 and int(torch.bincount(first.train_y).min()) > 0
+    counts = torch.bincount(first.train_y, minlength=100)
+    assert len(counts) == 100 and int(counts.min()) > 0  # every class "00" to "99" occurs
     # the splits are stratified by the left digit, which is the tens of the class
     assert torch.equal(first.strata, first.train_y // 10)
     # every image shows a digit in each half (digit strokes near 255; the background noise has sd 10)
