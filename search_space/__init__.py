@@ -2,7 +2,8 @@
 
 YAML spec -> :class:`Spec` (a space, or an architecture when no choice is left) -> :func:`sample` ->
 :func:`architecture_cost` (params, MACs, no build) and :func:`build_model` (``torch.nn.Module``);
-:func:`create_model` does it all in one call, like ``timm.create_model``.
+:func:`create_model` does it all in one call, like ``timm.create_model`` (eval mode; :func:`list_models` names the
+zoo).
 """
 
 from .config import SearchConfig, TrainConfig
@@ -11,7 +12,7 @@ from .spec import Architecture, BlockSpec, ModelSpec, Spec, StageSpec, dump_spec
 
 __all__ = [
     "Architecture", "BlockSpec", "ModelSpec", "SearchConfig", "Spec", "SpecError", "StageSpec", "TrainConfig",
-    "architecture_cost", "build_model", "create_model", "dump_spec", "load_spec", "parse_spec", "sample",
+    "architecture_cost", "build_model", "create_model", "dump_spec", "list_models", "load_spec", "parse_spec", "sample",
     "RandomSuggester",
 ]
 
@@ -23,9 +24,9 @@ def __getattr__(name):  # torch-heavy parts load on first use, so `search valida
     if name == "architecture_cost":
         from .cost import architecture_cost
         return architecture_cost
-    if name == "create_model":
-        from .api import create_model
-        return create_model
+    if name in ("create_model", "list_models"):
+        from . import api
+        return getattr(api, name)
     if name in ("sample", "RandomSuggester"):
         from . import sampling
         return getattr(sampling, name)

@@ -398,13 +398,14 @@ def parse_spec(data: Any, source: str = "spec") -> Spec:
 
 
 def load_spec(source: str | Path) -> Spec:
-    """Load a spec from a YAML file path (or YAML text containing a newline).
+    """Load a spec from a YAML file path, a zoo model name (``resnest50d``) or YAML text containing a newline.
 
     The file is read with :class:`SpecLoader` (``yaml.safe_load``'s rules plus limits), validated, and its
     ``search`` section checked as ``search run`` would (:func:`search_space.config.check_search`), so ``search
     validate`` accepts exactly what ``search run`` accepts. Warm-start paths are made absolute (relative to the
     spec), so a dumped copy of the spec still finds them.
     """
+    source = _zoo_or(source)
     text, name = _read(source)
     try:
         data = yaml.load(text, Loader=SpecLoader)  # SpecLoader is a SafeLoader
@@ -493,6 +494,16 @@ class SpecLoader(yaml.SafeLoader):
 SpecLoader.add_constructor("tag:yaml.org,2002:int", SpecLoader.construct_yaml_int)
 
 
+def _zoo_or(source):
+    """``source``, or the zoo's spec file when ``source`` names a zoo model and no such file exists here (so a
+    file the user has always wins over the zoo's)."""
+    if isinstance(source, str) and "\n" not in source and not Path(source).exists():
+        from .zoo import path_of
+
+        return path_of(source) or source
+    return source
+
+
 def _read(source: str | Path) -> tuple[str, str]:
     """The text of a spec: a regular file of at most MAX_SPEC_BYTES, checked with ``stat`` before it is opened
     (and opened non-blocking), so ``/dev/zero`` or a FIFO is refused at once instead of read forever."""
@@ -504,7 +515,7 @@ def _read(source: str | Path) -> tuple[str, str]:
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise SpecError("", f"{path}: no such file") from None
+        raise SpecError("", f"{path}: no such file (nor a zoo model name)") from None
     except OSError as e:
         raise SpecError("", f"{path}: cannot read ({e.strerror or e})") from None
     if stat.S_ISDIR(info.st_mode):
