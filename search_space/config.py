@@ -97,6 +97,10 @@ class SearchConfig:
     final_epochs: Optional[int] = field(None, min=1, max=100_000,
                                         doc="at the end, train the best architecture this many "
                                         "epochs and score it once on the test split; null: skip")
+    keep_weights: int = field(3, min=0, max=1_000_000,
+                              doc="complete trials whose trained weights stay in trials/<n>/weights.pt: the best k "
+                                  "by the first objective (0: none); search export RUN and create_model(run=RUN) "
+                                  "give the best. Each costs about 4 bytes per parameter")
     top: int = field(10, min=1, max=100_000, doc="rows of the results table")
     backend: Literal["optuna", "ray"] = field(
         "optuna", doc="engine: optuna (local processes; SQLite, journal or RDB storage) or ray (Ray Tune on a local "

@@ -137,7 +137,7 @@ def description(fmt: str, out: Path, src: Source, normalize: bool, x) -> dict:
     else:
         convention = f"normalised float32, NCHW: {pre.describe()}"
     return {
-        "format": fmt, "file": out.name, "made_by": "resnet-nas search export", "source": src.origin,
+        "format": fmt, "made_by": "resnet-nas search export", "source": src.origin,
         "weights": "trained" if src.weights is not None else "untrained (seeded initialisation)",
         "input": {"name": "input", "dtype": "float32", "layout": "NCHW",
                   "shape": ["batch", int(x.shape[1]), int(x.shape[2]), int(x.shape[3])],
@@ -598,7 +598,8 @@ def cmd_export(args) -> int:
             how = f"normalise it yourself: {pre.describe()}"
         else:
             how = f"input: {pre.color} float32 in [0, 1] (pixels / {pre.scale:g}), NCHW, {pre.size}x{pre.size}"
-        print(f"{how}; {len(pre.classes)} classes: {', '.join(pre.classes[:8])}{' ...' if len(pre.classes) > 8 else ''}")
+        names = ", ".join(pre.classes[:8]) + (" ..." if len(pre.classes) > 8 else "")
+        print(f"{how}; {len(pre.classes)} classes: {names}")
     return 0
 
 

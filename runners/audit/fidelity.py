@@ -102,6 +102,9 @@ class Audit:
             raise SpecError("--factor", f"{factor} must be at least 2 (the long schedule is factor x the proxy's)")
         if seeds < 1:
             raise SpecError("--seeds", f"{seeds} must be at least 1 (2 or more give the noise ceiling)")
+        if top_k < 1:
+            raise SpecError("--top-k", f"{top_k} must be at least 1")
+        top_k = min(top_k, n - 1)  # capped below n: the top n of n architectures always overlap fully
         if workers < 1:
             raise SpecError("--workers", f"{workers} must be at least 1")
         if is_choice(spec.train.epochs):
@@ -150,7 +153,8 @@ class Audit:
             self.progress.line(f"{lost} runs are missing (another process stopped before finishing them, or a run "
                                f"was not recorded); rerun to train them")
         report = self.write_report()
-        self.progress.line(summary(report))
+        self.progress.clear()
+        print(summary(report), flush=True)  # the results on stdout; progress stays on stderr
         return report
 
     def _prepare(self, write: bool) -> list[Run]:
@@ -202,7 +206,7 @@ class Audit:
         return arch.train.image_size or arch.model.input_size
 
     def _train(self, r: Run, head: str) -> dict:
-        from runners.training.loop import train
+        from runners.training.loop import preprocess_of, train
         from runners.search.trial import write_json
 
         arch = self.models[r.model]
@@ -224,7 +228,7 @@ class Audit:
         record = {"model": r.model, "kind": r.kind, "epochs": r.epochs, "seed": r.seed, "status": result.status,
                   "reason": result.reason, "val_accuracy": result.val_accuracy, "seconds": result.seconds,
                   "lr": config.lr, "device": result.device, "worker": self.worker_index,
-                  "history": [h["val_accuracy"] for h in result.history],
+                  "history": [h["val_accuracy"] for h in result.history], "preprocess": preprocess_of(data).to_json(),
                   "rung_history": [h.get("rung_accuracy") for h in result.history]}
         write_json(self._path(r), fidelity_stats.finite(record))  # atomic: a kill never leaves half a record
         return record
@@ -450,9 +454,15 @@ def plot(report: dict, path: Path) -> None:
         if name == "params":
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        label = {"noise_ceiling": "long run, seed 2", "params": "parameters"}.get(name, name.replace("_", " "))
+        proxy, long = report["proxy_epochs"], report["long_epochs"]
+        label = {"noise_ceiling": f"long-run val accuracy, seed 2 ({long} epochs)",
+                 "params": "parameters (log scale)",
+                 "proxy": f"proxy val accuracy ({proxy} epochs)"}.get(
+                     name, f"val accuracy of the {long}-epoch run after epoch {name.rsplit('_', 1)[-1]}"
+                     if name.startswith("long_at_epoch_") else name.replace("_", " "))
         ax.set_xlabel(label)
-        ax.set_ylabel("long run, seed 1" if name == "noise_ceiling" else "long-run accuracy (mean of seeds)")
+        ax.set_ylabel(f"long-run val accuracy, seed 1 ({long} epochs)" if name == "noise_ceiling"
+                      else f"long-run val accuracy ({long} epochs, mean of {report['seeds']} seed(s))")
         rho = a["spearman"]
         ax.set_title(f"{name.replace('_', ' ')}: Spearman {'nan' if rho is None else f'{rho:.2f}'}", fontsize=10)
     fig.suptitle(f"{report['space']}: proxy {report['proxy_epochs']} vs {report['long_epochs']} epochs, "
@@ -469,6 +479,9 @@ def run_fidelity(space: str, out: Optional[str] = None, n: int = 24, factor: int
     spec = load_spec(space)
     if overrides is not None:
         spec = overrides(spec)
+    from runners.common.outdir import removed_if_failed
+
     folder = Path(out) if out else Path("runs") / f"{spec.name}-fidelity"
-    return Audit(spec, folder, n=n, factor=factor, seeds=seeds, top_k=top_k, progress=progress,
-                 workers=workers).run(threads)
+    with removed_if_failed(folder):  # bad input found after the directory was made leaves none behind
+        return Audit(spec, folder, n=n, factor=factor, seeds=seeds, top_k=top_k, progress=progress,
+                     workers=workers).run(threads)

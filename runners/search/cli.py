@@ -22,6 +22,7 @@ OVERRIDES = {
     "trials": ("search", "trials"), "timeout": ("search", "timeout"), "storage": ("search", "storage"),
     "study_name": ("search", "study_name"), "sampler": ("search", "sampler"), "pruner": ("search", "pruner"),
     "seed": ("search", "seed"), "final_epochs": ("search", "final_epochs"), "workers": ("search", "workers"),
+    "keep_weights": ("search", "keep_weights"),
     "objectives": ("search", "objectives"), "backend": ("search", "backend"), "epochs": ("train", "epochs"),
     "dataset": ("train", "dataset"), "data_dir": ("train", "data_dir"), "device": ("train", "device"),
 }
@@ -56,26 +57,31 @@ def cmd_run(args) -> int:
                                          ("--storage-path", args.storage_path)) if value is not None]
     if spec.search.backend != "ray" and ray_only:
         raise SpecError(ray_only[0], "is a Ray Tune option; add --backend ray (or search.backend: ray in the spec)")
+    from runners.common.outdir import removed_if_failed
+
     try:
-        if spec.search.backend == "ray":
-            from runners.search.ray_engine import run_ray_search
-
-            summary = run_ray_search(spec, out, spec_path=str(args.space), address=args.address,
-                                     gpus_per_trial=args.gpus_per_trial or 0.0,
-                                     cpus_per_trial=args.cpus_per_trial or 1.0, max_concurrent=args.max_concurrent,
-                                     storage_path=args.storage_path)
-            if summary.get("interrupted"):
-                raise KeyboardInterrupt
-        else:
-            from runners.search.optuna_engine import run_search
-
-            summary = run_search(spec, out, spec_path=str(args.space), threads=args.threads)
+        with removed_if_failed(out):  # bad input found after the directory was made leaves none behind
+            summary = _run(spec, out, args)
+        if summary.get("interrupted"):
+            raise KeyboardInterrupt
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (runners.common.signals.Interrupted): 128 + the signal
         ignore_further_stops()
         print(f"interrupted{f' by {e}' if str(e).startswith('SIG') else ''}; rerun the same command to resume "
               f"(finished trials are kept in {out})", file=sys.stderr)
         return getattr(e, "exit_code", 130)
     return 0 if summary.get("best_trial") is not None else 1
+
+
+def _run(spec, out: Path, args) -> dict:
+    if spec.search.backend == "ray":
+        from runners.search.ray_engine import run_ray_search
+
+        return run_ray_search(spec, out, spec_path=str(args.space), address=args.address,
+                              gpus_per_trial=args.gpus_per_trial or 0.0, cpus_per_trial=args.cpus_per_trial or 1.0,
+                              max_concurrent=args.max_concurrent, storage_path=args.storage_path)
+    from runners.search.optuna_engine import run_search
+
+    return run_search(spec, out, spec_path=str(args.space), threads=args.threads)
 
 
 def ignore_further_stops() -> None:
@@ -123,6 +129,8 @@ def add_parser(sub) -> None:
     g.add_argument("--workers", type=int, help="local worker processes sharing the study (not with SQLite)")
     g.add_argument("--final-epochs", type=int, help="train the best this many epochs at the end, scored on the test "
                                                      "split")
+    g.add_argument("--keep-weights", type=int, metavar="K",
+                   help="keep the trained weights of the best K complete trials (default 3; 0: none)")
     g.add_argument("--out", help="run directory (default: runs/<name>/)")
     g.add_argument("--threads", type=int, help="torch threads per worker on the CPU (default: the idle cores)")
     g.add_argument("--backend", choices=hints(SearchConfig)["backend"].__args__,

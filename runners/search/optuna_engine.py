@@ -32,7 +32,7 @@ from runners.common.progress import Progress
 from runners.search.records import STATES, Counts, records_from_study, trial_attrs, trial_counts
 from runners.search.rules import (
     MO_REDUCTION_FACTOR, PerTrialSeed, first_rung, make_sampler, max_epochs, mo_rungs, warmup_end)
-from runners.search.results import final_training, status_head, trial_line, write_results
+from runners.search.results import final_training, prune_weights, status_head, trial_line, write_results
 from runners.common import signals
 from runners.common.signals import Interrupted, StopSignals, die_with_parent, processes_beside, stop_error
 from runners.search.storage import (
@@ -186,6 +186,9 @@ class OptunaHooks(TrialHooks):
 
     def params(self):
         return self.trial.params
+
+    def trial_folder(self, number):
+        return trial_dir(self.run.out, number)
 
     def engine_error(self, error):
         return isinstance(error, (optuna.exceptions.StorageInternalError, OSError)) or \
@@ -399,6 +402,8 @@ class SearchRun:
         self.current = None
         frozen = study._storage.get_trial(trial._trial_id)
         write_metrics(self.out, frozen, outcome.info if frozen.state == TELL[outcome.state] else None)
+        if outcome.info.get("weights"):
+            prune_weights(self.out, records_from_study(self.study), self.objectives, self.spec.search.keep_weights)
         self.progress.line(trial_line(trial.number, STATES[frozen.state], trial_attrs(frozen) | {
             k: v for k, v in outcome.info.items() if k in ("val_accuracy", "params", "seconds", "epochs",
                                                             "latency_ms", "blocks", "warm_start")}, self.prefix))

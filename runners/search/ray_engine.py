@@ -31,8 +31,9 @@ from search_space.spec import Spec
 
 from runners.common.progress import Progress
 from runners.search.records import counts
-from runners.search.results import final_training, records_from_files, status_head, trial_line, write_results
-from runners.search.trial import DataCache, Evaluator, TrialHooks, direction, write_json, write_trial
+from runners.search.results import (final_training, prune_weights, records_from_files, status_head, trial_line,
+                                    write_results)
+from runners.search.trial import DataCache, Evaluator, TrialHooks, direction, trial_dir, write_json, write_trial
 
 EXPERIMENT = "ray"  # the experiment's folder under storage_path
 META = "__"  # config keys that are not sampled parameters start with this
@@ -190,8 +191,9 @@ class RayHooks(TrialHooks):
 
     every_epoch = True
 
-    def __init__(self, number: int, params: dict, objectives: list[str], node: str):
+    def __init__(self, number: int, params: dict, objectives: list[str], node: str, out: Optional[str] = None):
         self.number = number
+        self.out = out
         self._params = params
         self.objectives = objectives
         self.attrs: dict[str, Any] = {"node": node}
@@ -223,6 +225,13 @@ class RayHooks(TrialHooks):
     def params(self):
         return self._params
 
+    def trial_folder(self, number):
+        """The run directory's ``trials/<n>/`` when this worker sees the run directory (a local cluster, or storage
+        every node mounts at the same path); a worker on another machine keeps no weights."""
+        if self.out is None or not Path(self.out).is_dir():
+            return None
+        return trial_dir(Path(self.out), number)
+
 
 def replay(number: int, recorded: dict, objectives: list[str]) -> dict:
     """The final report of a trial that had finished before the driver stopped, rebuilt from its record."""
@@ -238,7 +247,8 @@ def replay(number: int, recorded: dict, objectives: list[str]) -> dict:
     return payload
 
 
-def trainable(config: dict, spec: Spec, threads: int, finished: Optional[dict] = None) -> None:
+def trainable(config: dict, spec: Spec, threads: int, finished: Optional[dict] = None,
+              out: Optional[str] = None) -> None:
     """One Ray trial: evaluate the candidate with the trial core and report its outcome.
 
     ``finished``: trials recorded in ``trials/`` before a resume; Ray's last experiment checkpoint may predate
@@ -263,7 +273,7 @@ def trainable(config: dict, spec: Spec, threads: int, finished: Optional[dict] =
     evaluator: Evaluator = _WORKER["evaluator"]
     params = {k: v for k, v in config.items() if not k.startswith(META)}
     objectives = list(spec.search.objectives)
-    hooks = RayHooks(number, params, objectives, _WORKER["node"])
+    hooks = RayHooks(number, params, objectives, _WORKER["node"], out)
     if config.get(f"{META}warm"):
         hooks.attrs["warm_start"] = config[f"{META}warm"]
     outcome = evaluator.evaluate(number, FixedSuggester(params), hooks, warm=config.get(f"{META}warm") or None,
@@ -335,6 +345,8 @@ def make_callback(out: Path, spec: Spec, progress: Progress, scheduler_name: str
             if attrs.get("state") == "complete" and not attrs.get("values"):
                 attrs["state"] = "failed"
             write_trial(out, int(number), attrs, last.get("arch_yaml") or None)
+            if attrs.get("weights"):
+                prune_weights(out, records_from_files(out), list(spec.search.objectives), spec.search.keep_weights)
             self._update_head()
             progress.line(trial_line(int(number), attrs["state"], attrs))
 
@@ -442,7 +454,8 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
         progress.line(f"note: Ray runs use the {search.sampler} sampler through OptunaSearch as the Optuna engine does")
 
     finished = {r.number: r.attrs for r in records_from_files(out) if r.state in ("complete", "pruned", "failed")}
-    fn = tune.with_resources(tune.with_parameters(trainable, spec=spec, threads=threads, finished=finished),
+    fn = tune.with_resources(tune.with_parameters(trainable, spec=spec, threads=threads, finished=finished,
+                                                  out=str(Path(out).absolute())),
                              per_trial)
     callback = make_callback(out, spec, progress, scheduler_name)
     restoring = tune.Tuner.can_restore(exp_dir)

@@ -19,8 +19,8 @@ from search_space.schema import SpecError
 from search_space.spec import Spec, dump_spec, load_spec
 
 from runners.common.progress import Progress, count, duration
-from runners.search.records import Counts, TrialRecord, counts, pareto_front, ranked
-from runners.search.trial import DataCache, fixed_image_size, trial_dir, trial_name, with_io, write_text
+from runners.search.records import FINISHED, Counts, TrialRecord, counts, pareto_front, ranked
+from runners.search.trial import DataCache, fixed_image_size, trial_dir, trial_name, with_io, write_json, write_text
 
 
 def results_table(records: list[TrialRecord], objectives: list[str], top: int = 10) -> str:
@@ -101,6 +101,10 @@ def write_results(records: list[TrialRecord], spec: Spec, out: Path, progress: P
         return summary
     best = best_first[0]
     summary.update(best_trial=best.number, best_value=best.values[0])
+    prune_weights(out, records, objectives, spec.search.keep_weights)
+    kept = (trial_dir(out, best.number) / "weights.pt").is_file()
+    write_json(out / "best.json", {"trial": best.number, "objective": objectives[0], "value": best.values[0],
+                                   "weights": f"trials/{best.number}/weights.pt" if kept else None})
     if len(objectives) == 1:
         best_spec = dataclasses.replace(trial_spec(spec, out, best), name=f"{spec.name}_best")
         write_text(out / "best.yaml", dump_spec(best_spec))
@@ -117,6 +121,22 @@ def write_results(records: list[TrialRecord], spec: Spec, out: Path, progress: P
         summary["pareto"] = [r.number for r in front]
         progress.line(f"Pareto front: {len(front)} trial(s) -> {folder}/")
     return summary
+
+
+def prune_weights(out: Path, records: list[TrialRecord], objectives: list[str], keep: int) -> list[int]:
+    """Delete the kept weights (``trials/<n>/weights.pt``) of finished trials outside the best ``keep`` by the
+    first objective; a trial still running elsewhere is never touched. Returns the trial numbers pruned."""
+    best = {r.number for r in ranked(records, objectives)[:max(0, keep)]}
+    finished = {r.number for r in records if r.state in FINISHED}
+    pruned = []
+    for number in sorted(finished - best):
+        path = trial_dir(out, number) / "weights.pt"
+        try:
+            path.unlink()
+            pruned.append(number)
+        except FileNotFoundError:
+            pass
+    return pruned
 
 
 def final_training(records: list[TrialRecord], spec: Spec, out: Path, number: int, epochs: int, device,
@@ -148,7 +168,7 @@ def final_training(records: list[TrialRecord], spec: Spec, out: Path, number: in
 
     result = train(best.model, config, report=report, data=dataset, device=device, image_size=size,
                    evaluate_test=True)
-    save_run(folder, best, result, trial=number, epochs_asked=epochs)
+    save_run(folder, best, result, data=dataset, trial=number, epochs_asked=epochs)
     info = json.loads(done.read_text())
     if result.ok:
         progress.line(f"final: trial {number} trained {result.epochs} epochs in {duration(result.seconds)}: val "

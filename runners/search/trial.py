@@ -73,6 +73,11 @@ class TrialHooks:
         """The choices sampled for this trial, by path."""
         return {}
 
+    def trial_folder(self, number: int) -> Optional[Path]:
+        """Where this trial's weights may be kept (``trials/<n>/`` of the run directory), or None where the run
+        directory cannot be reached from here (a Ray worker on another machine without shared storage)."""
+        return None
+
     def engine_error(self, error: BaseException) -> bool:
         """True for an error of the engine itself (its storage cannot be written): it ends the evaluation instead
         of being recorded as the candidate's failure."""
@@ -379,4 +384,21 @@ class Evaluator:
             values["latency"] = measure_latency_ms(result.model, data.channels, size, self.device)
             hooks.set_attr("latency_ms", values["latency"])
             info["latency_ms"] = values["latency"]
+        self._keep_weights(number, hooks, result.model, data, info)
         return end("complete", "ok", "", [values[o] for o in self.objectives])
+
+    def _keep_weights(self, number: int, hooks: TrialHooks, model, data, info: dict) -> None:
+        """A complete trial's weights and preprocessing go to ``trials/<n>/`` (``search.keep_weights`` > 0); the
+        results keep only the best k (:func:`runners.search.results.prune_weights`). The preprocessing record is
+        in ``info`` (metrics.json) either way."""
+        from runners.training.loop import preprocess_of, save_weights
+
+        pre = preprocess_of(data)
+        info["preprocess"] = pre.to_json()
+        folder = hooks.trial_folder(number)
+        if self.spec.search.keep_weights < 1 or folder is None or model is None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        pre.write(folder)
+        save_weights(folder / "weights.pt", model)
+        info["weights"] = "weights.pt"

@@ -1,8 +1,10 @@
 """``search train ARCH.yaml``: train one fixed architecture with its spec's recipe and save the result.
 
 Flags override the spec's ``train:`` section and are validated by the same rules as the YAML. Everything the
-run produces goes to one directory (default ``runs/train-<name>/``): ``weights.pt`` (a ``state_dict``;
-``torch.load(path, weights_only=True)`` reads it), ``metrics.json`` and ``arch.yaml`` (the architecture with
+run produces goes to one new directory (default ``runs/train-<name>/``, then ``-2``, ``-3`` ...; an ``--out``
+that already holds a run is refused, never overwritten): ``weights.pt`` (a ``state_dict``;
+``torch.load(path, weights_only=True)`` reads it), ``preprocess.json`` (how its inputs were made),
+``metrics.json`` and ``arch.yaml`` (the architecture with
 the recipe actually used, so ``search train runs/train-x/arch.yaml`` repeats the run).
 """
 
@@ -40,7 +42,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, metavar="N", help="seed for split, init and augmentation")
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop training after this long")
     p.add_argument("--train-fraction", type=float, metavar="F", help="train on this share of the training rows")
-    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/train-<name>/)")
+    p.add_argument("--out", metavar="DIR", help="output directory, which must not hold a run yet (default: "
+                                                "runs/train-<name>/, or -2, -3 ... when that one is taken)")
     p.set_defaults(func=run)
     return p
 
@@ -50,17 +53,24 @@ def run(args: argparse.Namespace) -> int:
     Bad input raises :class:`SpecError`, which the ``search`` command turns into exit code 2."""
     from search_space.spec import choices_in, load_spec
 
-    from runners.training.data import load_dataset
-    from runners.training.device import cpu_threads, resolve_device
-    from runners.training.loop import save_run, train
-    from runners.search.trial import with_io
+    from runners.common.outdir import fresh_dir, removed_if_failed
 
     spec = load_spec(args.arch)
     if not spec.is_fixed():
         raise SpecError(choices_in(spec)[0], f"{args.arch} is a search space (this is still a choice); draw one "
                         f"architecture first: `search sample {args.arch} -o arch.yaml`, then train arch.yaml")
     config = apply_overrides(spec.train, args)
-    out = writable_dir(Path(args.out) if args.out else Path("runs") / f"train-{spec.name}")  # before training
+    out = fresh_dir(Path(args.out) if args.out else Path("runs") / f"train-{spec.name}", explicit=bool(args.out))
+    with removed_if_failed(out):  # bad input found below leaves no empty directory behind
+        return _train(args, spec, config, writable_dir(out))  # made before training: an unwritable one fails now
+
+
+def _train(args, spec, config, out: Path) -> int:
+    from runners.training.data import load_dataset
+    from runners.training.device import cpu_threads, resolve_device
+    from runners.training.loop import save_run, train
+    from runners.search.trial import with_io
+
     device = resolve_device(config.device)
     if device.type == "cpu":
         import torch
@@ -84,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     progress.clear()
 
     trained = with_io(dataclasses.replace(spec, train=config), data.channels, data.num_classes)  # the data's shape
-    saved = save_run(out, trained, result, name=spec.name, arch=str(args.arch),
+    saved = save_run(out, trained, result, data=data, name=spec.name, arch=str(args.arch),
                      dataset=data.summary(), image_size=data.image_size, config=dataclasses.asdict(config))
 
     where = f"saved {', '.join(saved)} in {out}"

@@ -109,11 +109,12 @@ def train(arch_or_model, config: TrainConfig, report: Optional[Report] = None, d
     return state.result()
 
 
-def save_run(out, spec, result: TrainResult, **extra) -> list[str]:
+def save_run(out, spec, result: TrainResult, data: Optional[Dataset] = None, **extra) -> list[str]:
     """Write what a training run produced into ``out``: ``arch.yaml`` (the spec as trained), ``weights.pt`` (a state
-    dict that ``torch.load(..., weights_only=True)`` reads; only when there is a model) and ``metrics.json``
-    (``extra`` keys, then the result). Returns the names written. ``search train`` and a search's final training
-    share it, so their outputs look alike."""
+    dict that ``torch.load(..., weights_only=True)`` reads; only when there is a model), ``preprocess.json`` (how
+    the inputs were made: size, mean/std, resize rule, class names; from ``data``, the dataset it trained on) and
+    ``metrics.json`` (``extra`` keys, the preprocessing, then the result). Returns the names written. ``search
+    train``, a search's trials and its final training share it, so their outputs look alike."""
     import json
     from pathlib import Path
 
@@ -124,11 +125,35 @@ def save_run(out, spec, result: TrainResult, **extra) -> list[str]:
     saved = ["metrics.json", "arch.yaml"]
     (out / "arch.yaml").write_text(dump_spec(spec), encoding="utf-8")
     if result.model is not None:
-        torch.save({k: v.detach().cpu() for k, v in result.model.state_dict().items()}, out / "weights.pt")
+        save_weights(out / "weights.pt", result.model)
         saved.insert(0, "weights.pt")
+    if data is not None:
+        pre = preprocess_of(data)
+        pre.write(out)
+        saved.insert(-2, "preprocess.json")
+        extra = {**extra, "preprocess": pre.to_json()}
     metrics = _finite({**extra, **result.to_json()})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return saved
+
+
+def save_weights(path, model: nn.Module) -> None:
+    """The model's state_dict on the CPU, written atomically (a reader never loads half a file)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    tmp.replace(path)
+
+
+def preprocess_of(data: Dataset):
+    """How ``data``'s images reach the network (:class:`search_space.preprocess.Preprocess`), read only through
+    what the Dataset exposes (channels, image size, mean, std, classes, name)."""
+    from search_space.preprocess import Preprocess
+
+    return Preprocess.from_dataset(data)
 
 
 # ----------------------------------------------------------------------------------------------------------------
