@@ -145,7 +145,7 @@ def create_model(model: Any = None, *, run: str | Path | None = None, weights: s
     directory instead (its trained winner: ``final/`` when ``--final-epochs`` trained one, else the best trial's
     kept weights; a run without weights warns and gives a seeded, untrained network); ``weights``: a
     ``state_dict`` file; ``num_classes``/``in_channels`` override the spec (with a run's weights they come from
-    the weights); ``sample_seed``: draw one architecture from a space; ``seed``: seed of the initialisation (so two
+    the weights; a weights file that does not fit is named); ``sample_seed``: draw one architecture from a space; ``seed``: seed of the initialisation (so two
     calls give the same untrained network).
 
     The network comes back in **eval mode** (BN uses its running statistics, dropout is off), as a model for
@@ -200,7 +200,7 @@ def create_model(model: Any = None, *, run: str | Path | None = None, weights: s
         io_spec = spec.model
         budget = budget_for(_with_io(io_spec, in_channels, num_classes))
         state = load_state_dict(weights, "weights", budget)
-        if in_channels is None and num_classes is None:  # the weights say what the network was trained on
+        if run_dir is not None and in_channels is None and num_classes is None:  # as the run trained it
             in_channels, num_classes = infer_io(state)
     if seed is not None:
         with torch.random.fork_rng(devices=[]):

@@ -103,7 +103,7 @@ def main() -> int:
     path.write_text(render_readme(path.read_text()))
     print(f"updated the spec reference in {path}")
     if len(sys.argv) <= 1:
-        schema = root / "spaces" / "spec.schema.json"
+        schema = root / "search_space" / "spec.schema.json"  # spaces/spec.schema.json links here
         schema.write_text(render())
         print(f"updated the JSON Schema in {schema}")
     return 0

@@ -86,7 +86,13 @@ def load_model(spec, weights: str | None):
     from .api import create_model
 
     try:
-        return create_model(spec, weights=weights, seed=None if weights is not None else 0)
+        if weights is None:
+            return create_model(spec, seed=0)
+        from .weights import budget_for, load_state_dict
+
+        # bounded by the architecture as the file names it (1000 classes where it leaves them to the data)
+        ci, nc = infer_io(load_state_dict(weights, "weights", budget_for(spec.model)))
+        return create_model(spec, weights=weights, in_channels=ci, num_classes=nc)
     except SpecError as e:
         if e.path == "weights":
             raise SpecError("--weights", e.message) from None
@@ -376,7 +382,7 @@ FOOTER = '''
 WEIGHTS = {weights_expr}
 WEIGHTS_SHA256 = {sha!r}  # the weights exported with this file: a different file of that name is refused
 
-# How the training images were made (search_space.preprocess.Preprocess): apply the same to yours.
+# How the training images were made (size, resize rule, mean and std, class names): apply the same to yours.
 PREPROCESS = {pre!r}
 CLASSES = PREPROCESS["classes"] if PREPROCESS else None
 
@@ -577,19 +583,19 @@ def _write(src: Source, fmt: str, out: Path, normalize: bool) -> list[Path]:
 def cmd_export(args) -> int:
     import warnings
 
-    src = resolve_source(args.source, args.weights) if args.format != "yaml" else None
-    if src is not None and src.weights is None:
-        from .api import WEIGHTLESS
-
-        print(f"note: {args.source}: {WEIGHTLESS}; exporting the untrained, seeded initialisation", file=sys.stderr)
-    elif src is not None and src.preprocess is None:
-        print(f"note: no preprocessing record beside {src.weights} (preprocess.json): the input convention is "
-              f"unknown, so the export takes inputs as given", file=sys.stderr)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and exporter chatter; the result is checked instead
         written = export(args.source, args.format, args.output, args.weights, normalize=not args.no_normalize)
     for path in written:
         print(f"wrote {path}")
+    src = resolve_source(args.source, args.weights) if args.format != "yaml" else None
+    if src is not None and src.weights is None:
+        from .api import WEIGHTLESS
+
+        print(f"note: {args.source}: {WEIGHTLESS}; exported the untrained, seeded initialisation", file=sys.stderr)
+    elif src is not None and src.preprocess is None:
+        print(f"note: no preprocessing record beside {src.weights} (preprocess.json): the input convention is "
+              f"unknown, so the export takes inputs as given", file=sys.stderr)
     if src is not None and src.preprocess is not None:
         pre = src.preprocess
         if args.format == "python":

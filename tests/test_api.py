@@ -52,7 +52,8 @@ def test_run_directory_and_weights(tmp_path):
     run = tmp_path / "run"
     (run / "final").mkdir(parents=True)
     (run / "best.yaml").write_text(dump_spec(spec))
-    assert create_model(run=run).fc.out_features == 1000  # no final/: the architecture, untrained
+    with pytest.warns(UserWarning, match="no trained weights"):
+        assert create_model(run=run).fc.out_features == 1000  # no final/: the architecture, untrained
     trained = build_model(spec.model, in_channels=1, num_classes=10)
     torch.save(trained.state_dict(), run / "final" / "weights.pt")
     (run / "final" / "arch.yaml").write_text(dump_spec(spec))
@@ -107,4 +108,5 @@ def test_pareto_run_gives_the_member_best_on_the_first_objective(tmp_path):
         (run / "trials" / str(n)).mkdir(parents=True)
         (run / "trials" / str(n) / "metrics.json").write_text(json.dumps({"values": {"val_accuracy": acc,
                                                                                      "params": 1}}))
-    assert create_model(run=run).stem[0][0].out_channels == 8 != small.model.stem.width
+    with pytest.warns(UserWarning, match="no trained weights"):
+        assert create_model(run=run).stem[0][0].out_channels == 8 != small.model.stem.width

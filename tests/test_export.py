@@ -133,7 +133,7 @@ def test_python_export_is_standalone_and_equal(arch_with_weights, single_thread)
     arch, weights, tmp = arch_with_weights
     out = tmp / "out" / "net.py"
     written = export(str(arch), "python", out, str(weights))
-    assert written == [out, out.with_suffix(".pt")]
+    assert written == [out, out.with_name("net.weights.pt"), out.with_name("net.py.json")]
     text = out.read_text()
     assert "search_space" not in text and "runners" not in text
     result = run_isolated("python", out, tmp / "io.pt", tmp / "out")
@@ -164,7 +164,7 @@ def test_yaml_export_and_run_default(tmp_path, capsys):
     torch.save(model.state_dict(), run / "final" / "weights.pt")
     (run / "final" / "arch.yaml").write_text(dump_spec(spec))
     assert main(["export", str(run), "--format", "python", "-o", str(tmp_path / "n.py")]) == 0
-    assert torch.equal(torch.load(tmp_path / "n.pt", weights_only=True)["fc.weight"], model.fc.weight)
+    assert torch.equal(torch.load(tmp_path / "n.weights.pt", weights_only=True)["fc.weight"], model.fc.weight)
 
 
 @pytest.mark.parametrize("argv, says", [
