@@ -42,7 +42,7 @@ def test_plan_runs_proxies_first_then_long_runs_seed_by_seed():
         (0, "long", 12, 8), (1, "long", 12, 8)]
 
 
-def test_audit_resumes_after_interruption(tmp_path, monkeypatch, single_thread):
+def test_audit_resumes_after_interruption(tmp_path, monkeypatch, single_thread, capsys):
     real_train = runners.training.loop.train
     calls = []
 
@@ -97,7 +97,7 @@ def test_audit_resumes_after_interruption(tmp_path, monkeypatch, single_thread):
         path.write_text(json.dumps({k: v for k, v in {**record, **changes}.items() if v is not None}))
         stream = io.StringIO()
         report = Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=2, progress=Progress(tty=False, stream=stream)).run()
-        return report["devices"], "several devices" in stream.getvalue()
+        return report["devices"], "several devices" in capsys.readouterr().out  # the summary: on stdout
 
     assert rerun() == ({"cpu": 9}, False)
     assert rerun(device=None) == ({"cpu": 8, "unrecorded": 1}, False)  # a run from before runs recorded it
@@ -105,7 +105,7 @@ def test_audit_resumes_after_interruption(tmp_path, monkeypatch, single_thread):
     assert rerun(device="cuda") == ({"cpu": 8, "cuda": 1}, True) and calls == []
     stream = io.StringIO()
     Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=2, progress=Progress(tty=False, stream=stream)).run()
-    assert "runs trained on several devices (8 on cpu, 1 on cuda)" in stream.getvalue()
+    assert "runs trained on several devices (8 on cpu, 1 on cuda)" in capsys.readouterr().out
 
 
 def test_processes_sharing_an_audit_split_the_runs_and_rungs_are_reported(tmp_path, single_thread):
@@ -208,3 +208,31 @@ def test_runs_another_process_held_are_reported_by_what_became_of_them(tmp_path,
         assert report["complete"] and "missing" not in out
     else:
         assert not report["complete"] and "1 runs are missing (another process stopped" in out
+
+
+def test_results_go_to_stdout_top_k_is_capped_below_n_and_every_axis_is_labelled(tmp_path, cli, single_thread,
+                                                                                 monkeypatch):
+    """Issue 26 item 7: `search fidelity > figures.txt` gets the figures, the terminal keeps the progress."""
+    import matplotlib.figure
+
+    from search_space.spec import dump_spec
+
+    space = tmp_path / "space.yaml"
+    space.write_text(dump_spec(tiny_spec()))
+    labels = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        labels.extend((ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    r = cli("fidelity", space, "--n", 3, "--factor", 2, "--seeds", 2, "--top-k", 9, "--out", tmp_path / "audit")
+    assert r.code == 0, r.err
+    assert "Spearman" in r.out and "fidelity of" in r.out and "Spearman" not in r.err
+    assert "fidelity resnest:" not in r.out and "fidelity resnest:" in r.err  # progress on stderr only
+    report = json.loads((tmp_path / "audit" / "fidelity.json").read_text())
+    assert {a["top_k"] for a in report["predictors"].values()} == {2}  # --top-k 9 of 3 architectures: capped at 2
+    assert labels and all(x and y for x, y in labels), labels
+    assert any("proxy val accuracy (1 epochs)" in x for x, _ in labels)
+    assert cli("fidelity", space, "--n", 3, "--top-k", 0, "--out", tmp_path / "other").code == 2
