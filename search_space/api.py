@@ -50,25 +50,24 @@ def resolve_run(run: str | Path) -> tuple[Path, Path | None]:
 
 def run_model(run: str | Path) -> RunModel:
     """The trained winner of a run directory, best first: ``final/`` (the winner retrained by ``--final-epochs``,
-    when its training ended ok), else the best trial's kept weights (``best.json`` names it; a multi-objective run:
-    the Pareto member best on the first objective), else the architecture alone.
+    unless it retrained an earlier best), a ``search train`` directory's own ``arch.yaml`` and ``weights.pt``, the
+    best trial's kept weights (``best.json`` names it; a multi-objective run: the Pareto member best on the first
+    objective), else the architecture alone.
 
     Every read of a run directory for a model goes through here (one place to harden)."""
-    import json
-
     run = Path(run)
     if not run.is_dir():
         raise SpecError("run", f"{str(run)!r} is not a run directory")
     final = run / "final"
-    if (final / "arch.yaml").is_file() and (final / "weights.pt").is_file():
-        return RunModel(final / "arch.yaml", final / "weights.pt", "final")
+    best_trial = _json_field(run / "best.json", "trial")
+    if (final / "arch.yaml").is_file() and (final / "weights.pt").is_file() and (
+            best_trial is None or _json_field(final / "metrics.json", "trial") in (None, best_trial)):
+        return RunModel(final / "arch.yaml", final / "weights.pt", "final")  # not a final of an earlier best
+    if (run / "arch.yaml").is_file() and not (run / "best.yaml").exists():  # a `search train` directory
+        weights = run / "weights.pt"
+        return RunModel(run / "arch.yaml", weights if weights.is_file() else None, "search train")
     if (run / "best.yaml").is_file():
-        number = None
-        try:
-            best = json.loads(_small_text(run / "best.json"))
-            number = best.get("trial") if isinstance(best, dict) else None
-        except (OSError, ValueError, RecursionError):
-            pass
+        number = best_trial
         if isinstance(number, int) and not isinstance(number, bool) and number >= 0:
             weights = run / "trials" / str(number) / "weights.pt"
             if weights.is_file():
@@ -82,7 +81,19 @@ def run_model(run: str | Path) -> RunModel:
         if number.isdigit() and weights.is_file():
             return RunModel(arch, weights, f"trial {number}")
         return RunModel(arch, None, arch.name)
-    raise SpecError("run", f"{str(run)!r} has no best.yaml, pareto/ or final/ yet (is the search finished?)")
+    raise SpecError("run", f"{str(run)!r} has no best.yaml, pareto/, final/ or arch.yaml yet (is the search "
+                           f"finished?)")
+
+
+def _json_field(path: Path, key: str):
+    """``key`` of a small JSON mapping in a run directory, or None when the file is missing or unreadable."""
+    import json
+
+    try:
+        data = json.loads(_small_text(path))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data.get(key) if isinstance(data, dict) else None
 
 
 def _small_text(path: Path, limit: int = 1 << 20) -> str:

@@ -96,3 +96,41 @@ def cli(capsys):
         return CLIResult(code, out, err)
 
     return run
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The suite leaves nothing in the checkout (issue 26 item 5): files that appear in it during the session (runs/,
+# exports, builds) fail the session, named. Caches are allowed.
+# ----------------------------------------------------------------------------------------------------------------
+
+ALLOWED_LEFTOVERS = ("__pycache__", ".pytest_cache", ".egg-info")
+
+
+def _checkout_extras() -> set[str] | None:
+    import subprocess
+
+    try:
+        proc = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--ignored", "--untracked-files=all"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    paths = {line[3:] for line in proc.stdout.splitlines() if line[:2] in ("??", "!!")}
+    return {p for p in paths if not any(a in p for a in ALLOWED_LEFTOVERS)}
+
+
+def pytest_sessionstart(session):
+    session.config._checkout_before = _checkout_extras()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_checkout_before", None)
+    after = _checkout_extras()
+    if before is None or after is None:
+        return
+    left = sorted(after - before)
+    if left:
+        print(f"\nerror: the tests left {len(left)} file(s) in the checkout {ROOT}: {', '.join(left[:10])}; "
+              f"write under tmp_path instead", file=sys.stderr)
+        session.exitstatus = 1
