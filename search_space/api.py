@@ -156,8 +156,8 @@ def create_model(model: Any = None, *, run: str | Path | None = None, weights: s
     directory instead (its trained winner: ``final/`` when ``--final-epochs`` trained one, else the best trial's
     kept weights; a run without weights warns and gives a seeded, untrained network); ``weights``: a
     ``state_dict`` file; ``num_classes``/``in_channels`` override the spec (with a run's weights they come from
-    the weights; a weights file that does not fit is named); ``sample_seed``: draw one architecture from a space; ``seed``: seed of the initialisation (so two
-    calls give the same untrained network).
+    the weights; a weights file that does not fit is named); ``sample_seed``: draw one architecture from a space;
+    ``seed``: seed of the initialisation (so two calls give the same untrained network).
 
     The network comes back in **eval mode** (BN uses its running statistics, dropout is off), as a model for
     inference should; pass ``training=True`` for train mode. ``pretrained=True`` is refused with one line: there
