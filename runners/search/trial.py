@@ -388,17 +388,19 @@ class Evaluator:
         return end("complete", "ok", "", [values[o] for o in self.objectives])
 
     def _keep_weights(self, number: int, hooks: TrialHooks, model, data, info: dict) -> None:
-        """A complete trial's weights and preprocessing go to ``trials/<n>/`` (``search.keep_weights`` > 0); the
-        results keep only the best k (:func:`runners.search.results.prune_weights`). The preprocessing record is
-        in ``info`` (metrics.json) either way."""
+        """A complete trial's preprocessing goes to ``trials/<n>/preprocess.json`` and into ``info`` (its
+        metrics.json), and its weights to ``trials/<n>/weights.pt`` (``search.keep_weights`` > 0), of which the
+        results keep only the best k (:func:`runners.search.results.prune_weights`)."""
         from runners.training.loop import preprocess_of, save_weights
 
         pre = preprocess_of(data)
         info["preprocess"] = pre.to_json()
         folder = hooks.trial_folder(number)
-        if self.spec.search.keep_weights < 1 or folder is None or model is None:
+        if folder is None:
             return
         folder.mkdir(parents=True, exist_ok=True)
         pre.write(folder)
+        if self.spec.search.keep_weights < 1 or model is None:
+            return
         save_weights(folder / "weights.pt", model)
         info["weights"] = "weights.pt"
