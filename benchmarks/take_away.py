@@ -6,9 +6,9 @@ then runs, in that folder, the commands of ``docs/export.md``:
     search run shapes.yaml                                  # the search (keeps its best trials' weights)
     search export runs/shapes --format onnx -o shapes.onnx  # the best trial, trained
     python classify.py shapes.onnx shapes/test              # onnxruntime alone, no resnet-nas
-    search train runs/shapes/best.yaml --epochs 20          # the winner, trained longer
-    search export runs/train-shapes_best --format onnx -o shapes20.onnx
-    python classify.py shapes20.onnx shapes/test
+    search train runs/shapes/best.yaml --epochs 30          # the winner, trained longer
+    search export runs/train-shapes_best --format onnx -o shapes30.onnx
+    python classify.py shapes30.onnx shapes/test
 
 ``classify.py`` is the code block of ``docs/export.md``, run as written in a process that cannot import this
 project. Everything printed, the accuracies and the timings go to a JSON record (``--record``), which the docs
@@ -46,7 +46,7 @@ model:
       width: {choice: [32, 64]}
       block: {type: {choice: [plain, se, split_attention]}, bottleneck_ratio: 0.5, radix: 2}
     - {depth: 1, width: 64, stride: 2, block: {type: plain, bottleneck_ratio: 0.5}}
-train: {dataset: imagefolder, data_dir: shapes, epochs: 5, batch_size: 64, lr: {float: [0.05, 0.3], log: true}}
+train: {dataset: imagefolder, data_dir: shapes, epochs: 6, batch_size: 32, lr: {float: [0.05, 0.3], log: true}}
 search: {trials: 8, sampler: tpe, pruner: none}
 """
 
@@ -88,7 +88,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--record", type=Path, help="write the JSON record here")
     parser.add_argument("--work", type=Path, help="working folder (default: a new temporary one)")
-    parser.add_argument("--train-images", type=int, default=60, help="training images per class")
+    parser.add_argument("--train-images", type=int, default=100, help="training images per class")
     parser.add_argument("--test-images", type=int, default=20, help="test images per class")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="take_away-"))
@@ -104,11 +104,11 @@ def main() -> int:
          search + ["export", "runs/shapes", "--format", "onnx", "-o", "shapes.onnx"]),
         ("python classify.py shapes.onnx shapes/test", [sys.executable, "-I", "classify.py", "shapes.onnx",
                                                         "shapes/test"]),
-        ("search train runs/shapes/best.yaml --epochs 20", search + ["train", "runs/shapes/best.yaml", "--epochs",
-                                                                     "20"]),
-        ("search export runs/train-shapes_best --format onnx -o shapes20.onnx",
-         search + ["export", "runs/train-shapes_best", "--format", "onnx", "-o", "shapes20.onnx"]),
-        ("python classify.py shapes20.onnx shapes/test", [sys.executable, "-I", "classify.py", "shapes20.onnx",
+        ("search train runs/shapes/best.yaml --epochs 30", search + ["train", "runs/shapes/best.yaml", "--epochs",
+                                                                     "30"]),
+        ("search export runs/train-shapes_best --format onnx -o shapes30.onnx",
+         search + ["export", "runs/train-shapes_best", "--format", "onnx", "-o", "shapes30.onnx"]),
+        ("python classify.py shapes30.onnx shapes/test", [sys.executable, "-I", "classify.py", "shapes30.onnx",
                                                           "shapes/test"]),
     ]
     record = {"what": "search -> export -> onnxruntime, then search train -> export -> onnxruntime",
