@@ -78,6 +78,9 @@ def test_local_ray_search_prunes_records_a_failing_trial_and_writes_the_same_res
     best = load_spec(out / "best.yaml")
     assert best.model == load_spec(out / "trials" / str(best_number) / "arch.yaml").model
     assert json.loads((out / "run.json").read_text())["backend"] == "ray"
+    kept = sorted(int(p.parent.name) for p in out.glob("trials/*/weights.pt"))  # the workers keep them too
+    assert best_number in kept and set(kept) <= set(complete) and len(kept) <= 3, kept
+    assert json.loads((out / "best.json").read_text())["weights"] == f"trials/{best_number}/weights.pt"
     shown = subprocess.run([sys.executable, "-m", "search_space.cli", "show", str(out)], env=ENV,
                            capture_output=True, text=True, cwd=tmp_path)
     assert shown.returncode == 0 and "6/6 trials" in shown.stdout and f"  {best_number}  " in shown.stdout
