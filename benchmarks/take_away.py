@@ -9,6 +9,8 @@ then runs, in that folder, the commands of ``docs/export.md``:
     search train runs/shapes/best.yaml --epochs 30          # the winner, trained longer
     search export runs/train-shapes_best --format onnx -o shapes30.onnx
     python classify.py shapes30.onnx shapes/test
+    search export runs/train-shapes_best --format onnx --no-normalize -o guessed.onnx   # the contrast:
+    python classify.py guessed.onnx shapes/test             # x / 255 without the training statistics
 
 ``classify.py`` is the code block of ``docs/export.md``, run as written in a process that cannot import this
 project. Everything printed, the accuracies and the timings go to a JSON record (``--record``), which the docs
@@ -110,6 +112,11 @@ def main() -> int:
          search + ["export", "runs/train-shapes_best", "--format", "onnx", "-o", "shapes30.onnx"]),
         ("python classify.py shapes30.onnx shapes/test", [sys.executable, "-I", "classify.py", "shapes30.onnx",
                                                           "shapes/test"]),
+        # the contrast: a model that does not normalise inside, fed x / 255 as a user guessing would
+        ("search export runs/train-shapes_best --format onnx --no-normalize -o guessed.onnx",
+         search + ["export", "runs/train-shapes_best", "--format", "onnx", "--no-normalize", "-o", "guessed.onnx"]),
+        ("python classify.py guessed.onnx shapes/test", [sys.executable, "-I", "classify.py", "guessed.onnx",
+                                                         "shapes/test"]),
     ]
     record = {"what": "search -> export -> onnxruntime, then search train -> export -> onnxruntime",
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
