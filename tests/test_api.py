@@ -18,20 +18,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / "spaces" / "zoo" / "resnet18_small.yaml"
 
 
-def readme_python_blocks(section: str) -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", body, re.S)
+def docs_python_blocks(page: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(), re.S)
 
 
-def test_readme_example_runs_as_written(monkeypatch, capsys):
-    blocks = readme_python_blocks("Using a model in your own code")
-    assert len(blocks) == 1
+def test_docs_example_runs_as_written(monkeypatch, capsys):
+    """The first example of docs/python-api.md (the README's `From Python` points there)."""
+    block = docs_python_blocks("python-api.md")[0]
     monkeypatch.chdir(ROOT)
-    exec(compile(blocks[0], "README.md", "exec"), {"__name__": "__readme__"})
+    exec(compile(block, "docs/python-api.md", "exec"), {"__name__": "__docs__"})
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "torch.Size([2, 10])" and int(out[1]) > 0
-    assert out[2].startswith("model.stages.0.block.type: 'resnext'")
+    assert out[0] == "torch.Size([2, 10])" and out[1] == "['resnest50d', 'resnest50d_4s2x40d']" and int(out[2]) > 0
+    assert out[3].startswith("model.stages.0.block.type: 'resnext'")
 
 
 def test_every_source_form_gives_the_same_network(tmp_path):
