@@ -79,11 +79,12 @@ def load_fixed(path: str, sample_seed: int | None = None):
 
 
 def cmd_validate(args) -> int:
-    from .sampling import warm_starts
+    from .sampling import check_feasible, warm_starts
     from .spec import choices_in, load_spec
 
     spec = load_spec(args.spec)
     warm_starts(spec)  # as `search run` checks them: each a valid, fixed architecture
+    check_feasible(spec)  # as `search run` does: a space none of whose samples can be built is refused
     left = choices_in(spec)
     if left:
         print(f"{args.spec}: valid search space '{spec.name}' with {len(left)} choice(s): "

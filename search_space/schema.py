@@ -185,12 +185,18 @@ def parse_choice(raw: dict, path: str, check_value, tp=None) -> Choice:
             raise SpecError(f"{path}.step", f"{_fmt(step)} must be a positive integer")
         if log and step != 1:
             raise SpecError(f"{path}.step", "step cannot be combined with log")
+        if step > high - low and low < high:  # the range would draw low only: say so rather than search nothing
+            raise SpecError(f"{path}.step", f"{step} is larger than the range {low}..{high}, which then offers only "
+                                            f"{low}; use a step of at most {high - low}, or the fixed value {low}")
         return IntRange(int(low), int(high), step, log)
     if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool)
                              or not math.isfinite(step) or step <= 0):
         raise SpecError(f"{path}.step", f"{_fmt(step)} must be a positive finite number")
     if log and step is not None:
         raise SpecError(f"{path}.step", "step cannot be combined with log")
+    if step is not None and step > high - low and low < high:
+        raise SpecError(f"{path}.step", f"{_fmt(step)} is larger than the range {_fmt(low)}..{_fmt(high)}, which then "
+                                        f"offers only {_fmt(low)}; use a step of at most {_fmt(high - low)}, or none")
     if step is not None and not (high - low) / step <= MAX_GRID_POINTS:  # also an overflow to inf
         raise SpecError(f"{path}.step", f"{_fmt(step)} makes more than {MAX_GRID_POINTS:.0e} grid points between "
                                         f"{_fmt(low)} and {_fmt(high)}; use a larger step, or none")

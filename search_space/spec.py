@@ -9,6 +9,7 @@ position and overrides ``block`` key by key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import stat
 from dataclasses import dataclass
@@ -376,10 +377,22 @@ def check_architecture_limits(spec: Spec) -> None:
         check_limits(architecture_cost(spec.model, input_size=size), "train.image_size")
 
 
+def looks_like_spec(data: dict) -> bool:
+    """Whether a mapping is meant as a spec: one of its top-level keys is a spec key or a near miss of one (a typo
+    such as ``trian`` still gets its "did you mean"). Errors about anything else would echo the keys and values
+    of a file that may hold secrets (a path given by mistake: ``.env``, credentials, a JSON config)."""
+    allowed = [f.name for f in dataclasses.fields(Spec)]
+    return any(isinstance(k, str) and (k in allowed or difflib.get_close_matches(k[:100], allowed, n=1))
+               for k in list(data)[:1000])
+
+
 def parse_spec(data: Any, source: str = "spec") -> Spec:
     """Validate plain YAML data into a :class:`Spec` (a search space, or an architecture if no choices)."""
     if not isinstance(data, dict):
         raise SpecError("", f"{source}: the top level must be a mapping with name, model, train, search")
+    if not looks_like_spec(data):  # a .env, a JSON config, a key file ...: never echo a key or value of it
+        raise SpecError("", f"{source}: not a spec: none of its {len(data)} top-level key(s) is name, model, train "
+                            f"or search (its content is not shown)")
 
     def parse_search(value, p):
         return parse_dataclass(SearchConfig, value, p, allow_choices=False)
@@ -435,6 +448,9 @@ class SpecLoader(yaml.SafeLoader):
         self._nodes = 0
 
     def _where(self) -> str:
+        top = [p for p in self._path[:2] if p]
+        if top and not looks_like_spec({top[0]: None}):
+            return "(a key that is no spec key)"  # a file given by mistake: its keys are not echoed
         return ".".join(p for p in self._path if p)
 
     def _error(self, message: str, mark) -> SpecError:
