@@ -88,7 +88,7 @@ def test_synthetic_data_split_to_nothing_is_refused(cli, tmp_path):
     (512, 10, 0.2, 0.15, 0.01), (5, 10, 0.2, 0.15, 1.0), (100, 3, 0.5, 0.5, 0.3), (23, 4, 0.01, 0.01, 0.01)])
 def test_validate_counts_the_synthetic_rows_as_the_data_loader_splits_them(samples, classes, test, val, train):
     """The spec-side arithmetic is the loader's rule: checked against the real split of the real dataset."""
-    from runners.data import load_dataset
+    from runners.training.data import load_dataset
 
     config = TrainConfig(dataset="synthetic", synthetic_samples=samples, synthetic_classes=classes,
                          test_fraction=test, val_fraction=val, train_fraction=train, synthetic_channels=1)
@@ -102,7 +102,7 @@ def test_validate_counts_the_synthetic_rows_as_the_data_loader_splits_them(sampl
 
 
 def test_the_split_rule_matches_the_loaders(tmp_path):
-    from runners.data import stratified_split
+    from runners.training.data import stratified_split
 
     for count in range(0, 12):
         for fraction in (0.01, 0.2, 0.5, 0.9, 1.0):
@@ -114,7 +114,7 @@ def test_the_split_rule_matches_the_loaders(tmp_path):
 @pytest.mark.parametrize("dataset", ["digits", "digits_hard"])
 def test_extreme_fractions_still_leave_rows_on_fixed_datasets(dataset):
     """Why validate accepts every in-range fraction on the fixed datasets: each split keeps rows of every class."""
-    from runners.data import load_dataset
+    from runners.training.data import load_dataset
 
     config = TrainConfig(dataset=dataset, test_fraction=0.9, val_fraction=0.9, train_fraction=0.01)
     data = load_dataset(config, image_size=8)

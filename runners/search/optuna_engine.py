@@ -364,6 +364,7 @@ class SearchRun:
                     write_json(pending_path(self.out, trial.number), outcome.info)
         except KeyboardInterrupt as e:
             signals.acknowledge()
+            signals.release(e)  # a stop inside a SQLite read must not leave its lock behind
             self._stop(trial, "interrupted", f"interrupted by {e if str(e).startswith('SIG') else 'the user'}")
             raise
         except SpecError as e:  # bad input only a trial could find (the data of a sampled recipe)

@@ -39,6 +39,7 @@ HEARTBEAT_S = int(os.environ.get("SEARCH_HEARTBEAT_S", 20))  # RDB storages: sec
 GRACE_S = int(os.environ.get("SEARCH_GRACE_S", 60))  # ... and the silence after which a trial counts as lost
 UNCLAIMED_S = 15  # a trial created but not claimed for this long was lost between the two (a claim takes ms)
 MAX_RETRY = 2  # a lost (killed, interrupted) trial is run again at most this often
+SQLITE_BUSY_S = 60  # a SQLite write waits this long for another connection's lock before it fails
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def open_storage(url: str, read_only: bool = False) -> BaseStorage:
             url = f"sqlite:///file:{path}?mode=ro&uri=true"
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            engine_kwargs = {"connect_args": {"timeout": 60}}  # our own workers and dashboards wait, not fail
+            engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_S}}  # our workers and dashboards wait
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # heartbeats and their retry callback are "experimental"
