@@ -113,17 +113,24 @@ def open_storage(url: str, read_only: bool = False) -> BaseStorage:
         if read_only and not path.exists():
             raise SpecError("search.storage", f"journal file {path} is missing")
         if not read_only:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+            make_parent(path, "journal file")
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except Exception as e:  # noqa: BLE001 - replaying a file of anything else fails somewhere inside Optuna
+            raise SpecError("search.storage", f"{path} is not an Optuna journal file ({type(e).__name__}: "
+                                              f"{first_line(e)[:120]}); give a new file, or restore the journal "
+                                              f"from a copy") from None
     engine_kwargs = {}
     path = sqlite_path(url)
     if path is not None:
         if read_only:
             if not path.exists() or path.stat().st_size == 0:
                 raise SpecError("search.storage", f"study file {path} is missing or empty")
+            check_sqlite_study(path)
             url = f"sqlite:///file:{path}?mode=ro&uri=true"
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_parent(path, "study file")
+            check_sqlite_study(path)
             engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_S}}  # our workers and dashboards wait
     try:
         with warnings.catch_warnings():
@@ -136,6 +143,51 @@ def open_storage(url: str, read_only: bool = False) -> BaseStorage:
     except Exception as e:  # noqa: BLE001 - a wrong URL or an unreachable server is bad input
         text = masked(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         raise SpecError("search.storage", f"cannot open {masked(url)}: {hide_secrets(text, url)}") from None
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def make_parent(path: Path, what: str) -> None:
+    """The directory of a storage file, made if missing; a path no directory can be made at is bad input."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocked = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), None)
+        why = f"{blocked} is a file, not a directory" if blocked else f"{e.filename or path.parent}: {e.strerror or e}"
+        raise SpecError("search.storage", f"cannot make the directory of the {what} {path} ({why}); give a path "
+                                          f"under a directory that exists or can be made") from None
+
+
+OPTUNA_TABLES = {"studies", "version_info"}
+
+
+def check_sqlite_study(path: Path) -> None:
+    """An existing SQLite file must be a sound Optuna study (or empty): refuse a damaged file with one line instead
+    of a traceback from deep inside a read, and never add Optuna's tables to a database of the user's own."""
+    import sqlite3
+
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=SQLITE_BUSY_S)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            check = db.execute("PRAGMA quick_check(1)").fetchone()[0] if tables else "ok"
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise SpecError("search.storage", f"{path} is damaged or not a SQLite database ({first_line(e)}); restore "
+                                          f"it from a copy, or start fresh with another --out") from None
+    if check != "ok":
+        raise SpecError("search.storage", f"{path} is damaged (SQLite's check: {' '.join(check.split())[:160]}); restore "
+                                          f"it from a copy, or start fresh with another --out") from None
+    if tables and not OPTUNA_TABLES <= tables:
+        raise SpecError("search.storage", f"{path} is a SQLite database with {len(tables)} table(s) of its own but "
+                                          f"no Optuna study, and Optuna would add its tables to it; give a new file "
+                                          f"for the study") from None
 
 
 def driver_hint(url: str, error: Exception) -> str:
@@ -197,7 +249,7 @@ class RunLock:
     def acquire(self) -> "RunLock":
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_parent(self.path.with_name(self.path.name.removesuffix(".lock")), "study file")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
