@@ -194,9 +194,6 @@ def parse_choice(raw: dict, path: str, check_value, tp=None) -> Choice:
         raise SpecError(f"{path}.step", f"{_fmt(step)} must be a positive finite number")
     if log and step is not None:
         raise SpecError(f"{path}.step", "step cannot be combined with log")
-    if step is not None and step > high - low and low < high:
-        raise SpecError(f"{path}.step", f"{_fmt(step)} is larger than the range {_fmt(low)}..{_fmt(high)}, which then "
-                                        f"offers only {_fmt(low)}; use a step of at most {_fmt(high - low)}, or none")
     if step is not None and not (high - low) / step <= MAX_GRID_POINTS:  # also an overflow to inf
         raise SpecError(f"{path}.step", f"{_fmt(step)} makes more than {MAX_GRID_POINTS:.0e} grid points between "
                                         f"{_fmt(low)} and {_fmt(high)}; use a larger step, or none")

@@ -433,10 +433,11 @@ class SpecLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._path: list[str] = []
         self._nodes = 0
+        self._spec_keys = False  # a top-level spec key was seen: the file is meant as a spec, paths may be named
 
     def _where(self) -> str:
         top = [p for p in self._path[:2] if p]
-        if top and not looks_like_spec({top[0]: None}):
+        if top and not self._spec_keys and not looks_like_spec({top[0]: None}):
             return "(a key that is no spec key)"  # a file given by mistake: its keys are not echoed
         return ".".join(p for p in self._path if p)
 
@@ -449,6 +450,8 @@ class SpecLoader(yaml.SafeLoader):
         else:
             self._path.append(short(str(index.value)) if isinstance(index, yaml.ScalarNode) else
                               ("?" if index is not None else ""))
+        if len(self._path) == 2 and not self._spec_keys and looks_like_spec({self._path[1]: None}):
+            self._spec_keys = True
         try:
             event = self.peek_event()
             if isinstance(event, yaml.AliasEvent):

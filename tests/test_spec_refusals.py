@@ -46,11 +46,6 @@ def test_a_stepped_int_range_whose_step_exceeds_the_range_is_refused(cli, tmp_pa
     assert f"model.stages.0.{field}" in line and "offers only 1" in line and "at most 2" in line
 
 
-def test_a_stepped_float_range_whose_step_exceeds_the_range_is_refused(cli, tmp_path):
-    line = refused(cli, spec(tmp_path, train="{dataset: digits, epochs: 1, lr: {float: [0.1, 0.2], step: 0.5}}"))
-    assert "train.lr.step" in line and "offers only 0.1" in line
-
-
 def test_steps_that_fit_and_single_value_ranges_still_validate(cli, tmp_path):
     for depth in ("{int: [1, 3], step: 2}", "{int: [2, 2], step: 4}", "{int: [1, 3]}"):
         r = cli("validate", spec(tmp_path, depth=depth))
