@@ -142,7 +142,11 @@ def add_parser(sub) -> None:
                    help="resume a study although the recipe changed (epochs, dataset, image size, objectives, "
                         "budgets, the space): its old and new trials then do not compare")
     g = p.add_argument_group("Ray Tune (with --backend ray)")
-    g.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: start a local Ray)")
+    from runners.search.ray_cluster import CONNECT_TIMEOUT_S, GCS_TIMEOUT_S
+
+    g.add_argument("--address", help=f"join a running Ray cluster: auto or HOST:PORT, refused after at most "
+                                     f"{CONNECT_TIMEOUT_S + GCS_TIMEOUT_S:g} s when no Ray answers there (default: "
+                                     f"start a local Ray, on loopback only)")
     g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (default 0)")
     g.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
     g.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the resources fit)")

@@ -142,6 +142,10 @@ def probe(address: str) -> None:
     thread.join(GCS_TIMEOUT_S)
     if "cluster" not in answer:
         why = answer.get("error") or f"no answer within {GCS_TIMEOUT_S:g} s"
+        if "auth" in why.lower():
+            raise SpecError("--address", f"the Ray cluster at {address} refused this machine: it uses token "
+                                         f"authentication; export RAY_AUTH_MODE=token, with the head's "
+                                         f"~/.ray/auth_token here or its contents in RAY_AUTH_TOKEN")
         raise SpecError("--address", f"{address} accepts connections but no Ray cluster answered there ({why}); "
                                      f"give the head's GCS port (6379 unless `ray start --head --port` chose "
                                      f"another)")
