@@ -113,9 +113,9 @@ class Audit:
         if seeds > MAX_SEEDS:
             raise SpecError("--seeds", f"{seeds} long runs per architecture; at most {MAX_SEEDS} (2 give the noise "
                                        f"ceiling)")
-        if not 1 <= top_k < n:
-            raise SpecError("--top-k", f"{top_k} must be at least 1 and below --n ({n}): the overlap of the top "
-                                       f"{top_k} of {n} says nothing otherwise")
+        if not 1 <= top_k <= MAX_N:
+            raise SpecError("--top-k", f"{top_k} must be at least 1 (the overlap of the top k) and at most "
+                                       f"{MAX_N:,}")
         if workers < 1:
             raise SpecError("--workers", f"{workers} must be at least 1")
         if workers > MAX_WORKERS:
