@@ -213,6 +213,35 @@ def test_a_trial_larger_than_any_node_is_refused(local_ray, cli, tmp_path):
 
 # ----------------------------------------------------------------------------------------------------------------
 # Signals and a killed worker, on the real command
+
+
+def test_ray_stops_hand_signals_to_tunes_stop():
+    """While Tune runs, SIGTERM is handed to Tune's graceful stop (its SIGUSR1 handler) and remembered for the exit
+    code; a second signal is only reported; after the block a late signal is ignored. Before Tune runs, SIGHUP
+    stops at once with exit code 129."""
+    from runners.common.signals import Interrupted
+
+    handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+    saved = {s: signal.getsignal(s) for s in handled}
+    tune_stops = []
+    signal.signal(signal.SIGUSR1, lambda s, f: tune_stops.append(s))
+    try:
+        with ray_cluster.RayStops() as stops:
+            stops.tuning = True
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)
+        assert stops.signum == signal.SIGTERM and tune_stops == [signal.SIGUSR1]
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # exiting: a late signal cannot kill the process
+        with pytest.raises(Interrupted) as stopped:
+            with ray_cluster.RayStops():
+                os.kill(os.getpid(), signal.SIGHUP)
+                time.sleep(1)
+        assert stopped.value.exit_code == 129
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -239,8 +268,8 @@ def _trial_workers(driver: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), pytest.param(signal.SIGHUP, 129,
-                                                                            marks=pytest.mark.slow)])
+@pytest.mark.slow  # a minute each on 2 cores: test_ray_stops_hand_signals_to_tunes_stop is the fast path
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_a_stop_signal_ends_a_ray_search_with_its_code_after_recording(tmp_path, sig, code):
     """A worker training a trial is killed first (one line, and the trial runs again); then the signal, sent to
     the driver alone, stops the search the way Ctrl-C does: exit 128 + the signal, no traceback or native stack
