@@ -25,6 +25,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import threading
 from typing import Optional, Union
 
@@ -202,12 +203,13 @@ class RayStops:
 
         if self.signum is not None:
             print(f"{signal.Signals(signum).name}: already stopping (saving the Ray experiment)", flush=True,
-                  file=__import__("sys").stderr)
+                  file=sys.stderr)
             return
         self.signum = signum
-        if not self.tuning:
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if not self.tuning or not callable(tune_stop):  # Tune has not installed its stop yet: nothing to save
             raise Interrupted(signum)
-        os.kill(os.getpid(), signal.SIGUSR1)  # Tune's graceful stop
+        tune_stop(signal.SIGUSR1, frame)  # Tune's graceful stop, as Ctrl-C triggers it
 
     def __enter__(self) -> "RayStops":
         if threading.current_thread() is threading.main_thread():
