@@ -302,3 +302,19 @@ def test_a_damaged_run_json_is_refused_before_resuming(tmp_path, cli):
     (out / "run.json").write_text("{" * 100_000)
     line = one_line(cli("run", write_space(tmp_path, LR_ONLY, train__epochs=1), "--out", out))
     assert "run.json" in line and "damaged" in line, line
+
+
+def test_a_full_disk_at_the_start_advises_room_not_another_out(tmp_path, cli, monkeypatch):
+    import errno
+
+    path, out = write_space(tmp_path, LR_ONLY, search__trials=1, train__epochs=1), tmp_path / "run"
+    real = Path.write_text
+
+    def full(self, *args, **kwargs):
+        if self.name.startswith(".write-test"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full)
+    line = one_line(cli("run", path, "--out", out))
+    assert line.count("cannot write") == 1 and "free space" in line and "writable --out" not in line, line

@@ -277,8 +277,12 @@ class SearchRun:
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
+            import errno
+
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            advice = "free space (or raise the quota) and rerun" if full else "choose a writable --out"
             raise SpecError("--out", f"cannot write the run directory {self.out}: {e.strerror or e}; "
-                                     f"choose a writable --out") from None
+                                     f"{advice}") from None
 
     def _enqueue_warm_starts(self, warm: list[tuple[str, Optional[dict]]]) -> None:
         seen = {t.user_attrs.get("warm_start") for t in self.study.get_trials(deepcopy=False)}

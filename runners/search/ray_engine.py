@@ -365,8 +365,7 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
         raise SpecError("--max-concurrent", f"{max_concurrent} must be at least 1")
     check_storage_path(storage_path)
     try:
-        import ray  # noqa: F401
-        from ray import tune  # noqa: F401
+        import ray.tune  # noqa: F401 - only to say how to install it, before anything runs
     except ImportError:
         raise SpecError("--backend", "ray needs Ray Tune, which is not installed: pip install 'ray[tune]' "
                                      "(or this package's [ray] extra)") from None

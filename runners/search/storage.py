@@ -182,8 +182,9 @@ def check_sqlite_study(path: Path) -> None:
         raise SpecError("search.storage", f"{path} is damaged or not a SQLite database ({first_line(e)}); restore "
                                           f"it from a copy, or start fresh with another --out") from None
     if check != "ok":
-        raise SpecError("search.storage", f"{path} is damaged (SQLite's check: {' '.join(check.split())[:160]}); restore "
-                                          f"it from a copy, or start fresh with another --out") from None
+        said = " ".join(check.split())[:160]
+        raise SpecError("search.storage", f"{path} is damaged (SQLite's check: {said}); restore it from a copy, or "
+                                          f"start fresh with another --out") from None
     if tables and not OPTUNA_TABLES <= tables:
         raise SpecError("search.storage", f"{path} is a SQLite database with {len(tables)} table(s) of its own but "
                                           f"no Optuna study, and Optuna would add its tables to it; give a new file "
