@@ -108,7 +108,7 @@ def check_run_dir(out: Path, spec: Spec, continue_anyway: bool = False) -> Optio
     check_engine(out, spec.search.backend, info)
     if not info or not isinstance(info.get("recipe"), dict):
         return None  # a new run directory, or one from before recipes were kept: nothing to compare
-    diffs = differences(info["recipe"], recipe(spec))
+    diffs = differences(info["recipe"], json.loads(json.dumps(recipe(spec))))  # compared as run.json holds it
     if not diffs:
         return None
     more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
