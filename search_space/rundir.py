@@ -61,8 +61,8 @@ BACKENDS = ("optuna", "ray")
 
 METRICS_FIELDS: dict[str, Any] = {
     "trial": int, "state": str, "status": OPT_STR, "reason": OPT_STR, "blocks": OPT_STR, "warm_start": OPT_STR,
-    "val_accuracy": OPT_NUMBER, "test_accuracy": OPT_NUMBER, "params": OPT_NUMBER, "macs": OPT_NUMBER,
-    "latency_ms": OPT_NUMBER, "seconds": OPT_NUMBER, "epochs": (int, type(None)), "counted": bool,
+    "val_accuracy": OPT_NUMBER, "test_accuracy": OPT_NUMBER, "params": NUMBER, "macs": NUMBER,
+    "latency_ms": NUMBER, "seconds": NUMBER, "epochs": int, "counted": bool,
     "in_space": bool, "values": ("dict", OPT_NUMBER), "optuna_params": ("dict", (str, int, float, bool, type(None))),
     "distributions": ("dict", str), "history": ("list", dict), "io": ("list", int),
 }
