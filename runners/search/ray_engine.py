@@ -32,7 +32,8 @@ from search_space.spec import Spec
 from runners.common.progress import Progress
 from runners.search.records import counts
 from runners.search.results import final_training, records_from_files, status_head, trial_line, write_results
-from runners.search.trial import DataCache, Evaluator, TrialHooks, direction, write_json, write_trial
+from runners.search.trial import (DataCache, Evaluator, TrialHooks, copy_spec, direction, write_json,
+                                  write_trial)
 
 EXPERIMENT = "ray"  # the experiment's folder under storage_path
 META = "__"  # config keys that are not sampled parameters start with this
@@ -432,6 +433,7 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
     write_json(out / "run.json", {
         "name": spec.name, "backend": "ray", "spec": spec_path, "storage_path": root, "experiment": exp_dir,
         "objectives": objectives, "trials": search.trials, "top": search.top, "address": address or "local"})
+    copy_spec(spec_path, out)
     done_before = counts(records_from_files(out), objectives)
     progress.line(f"search {spec.name}: Ray Tune on {len(nodes)} node(s) ({resources.get('CPU', 0):g} CPUs, "
                   f"{resources.get('GPU', 0):g} GPUs), {search.trials} trials, {search.sampler} + "
