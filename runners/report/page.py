@@ -793,7 +793,8 @@ def write_report(run_dir: Path, n_boot: int = 400) -> dict:
         try:
             fig, png = history_figures(study, objectives, run)
             figs.append(("Optimization history", f"{objective_name(objectives[0])} of every trial in order, and the "
-                         f"best so far.", fig))
+                         f"best so far (from an in-memory study rebuilt from trials/*/metrics.json: the report "
+                         f"reads only its run directory and opens no storage).", fig))
             pngs.append(png)
         except (ValueError, RuntimeError) as e:
             notes.append(f"history skipped: {e}")
