@@ -350,16 +350,23 @@ def test_report_runs_no_payload_in_headless_chromium(tmp_path):
     assert not raw, raw
     flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
              "--disable-background-networking", "--disable-component-update",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000"]
     # open every folded <details> first, so a toggle handler or a lazily drawn figure would run too
     opened = run / "opened.html"
+    # and hover over points of every figure (plotly draws hover labels, with their text, only then)
     opened.write_text(page.replace("<details", "<details open").replace("</body>", (
-        "<script>document.documentElement.setAttribute('data-rendered','yes');"
+        "<script>const hovers=[];for(const gd of document.querySelectorAll('.plotly-graph-div'))"
+        "(gd.data||[]).forEach((tr,i)=>{const n=Math.min(4,(tr.x||[]).length);"
+        "for(let j=0;j<n;j++)hovers.push([gd,i,j])});let k=0;"
+        "function next(){if(k>=hovers.length||k>=150){document.documentElement.setAttribute('data-rendered',"
+        "'yes');return}const [gd,i,j]=hovers[k++];try{Plotly.Fx.hover(gd,[{curveNumber:i,pointNumber:j}])}"
+        "catch(e){}setTimeout(next,60)}window.addEventListener('load',()=>setTimeout(next,100));"
         "for (const d of document.querySelectorAll('[onmouseover]')) d.dispatchEvent(new Event('mouseover'));"
         "</script></body>")))
     dom = subprocess.run(flags + ["--dump-dom", opened.resolve().as_uri()], capture_output=True, text=True,
                          timeout=180).stdout
     assert 'data-rendered="yes"' in dom, dom[-2000:]  # the page ran its own scripts to the end
+    assert 'class="hovertext"' in dom  # a hover label was drawn
     assert dom.count('class="main-svg"') >= result["plots"]  # plotly drew every figure
     assert MARK + "=" not in dom, re.findall(MARK + r'="[^"]*"', dom)
     assert "document.documentElement.setAttribute" in dom  # the payloads are there, as text

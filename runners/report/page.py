@@ -443,6 +443,13 @@ def history_figures(study, objectives: list[str], run):
         warnings.simplefilter("ignore")  # the matplotlib backend is "experimental"
         fig = vis.plot_optimization_history(study, **kw)
         ax = vis_mpl.plot_optimization_history(study, **kw)
+    for trace in fig.data:  # Optuna's hover text holds the parameters as given: names and values from the run
+        if isinstance(trace.text, (list, tuple)):
+            trace.text = [esc(t, 2000) for t in trace.text]
+        elif isinstance(trace.text, str):
+            trace.text = esc(trace.text, 2000)
+        if trace.name:
+            trace.name = esc(trace.name, 60)
     n = len(study.get_trials(deepcopy=False))
     fig.update_layout(height=360, template="plotly_white", margin={"l": 60, "r": 20, "t": 40, "b": 45},
                       title=None)
