@@ -28,6 +28,8 @@ def resolve_run(run: str | Path) -> tuple[Path, Path | None]:
     if not Path(run).is_dir():
         raise SpecError("run", f"{str(run)!r} is not a run directory")
     rd = RunDir(run)
+    if rd.exists("run.json"):
+        rd.info()  # a damaged or hostile run.json is refused here, as report and show refuse it
     if rd.exists("final/arch.yaml") and rd.exists("final/weights.pt"):
         return rd.file("final/arch.yaml"), rd.file("final/weights.pt")
     if rd.exists("best.yaml"):

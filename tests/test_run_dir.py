@@ -220,6 +220,14 @@ def test_export_of_a_pareto_run_with_a_damaged_run_json(tmp_path, capsys):
     (run / "run.json").write_text('{"name": "t", "objectives": [NaN]}')
     assert "run.json" in one_line(capsys, main(["export", str(run), "--format", "torchscript", "--out",
                                                 str(tmp_path / "m.pt")]))
+    (run / "best.yaml").write_text((run / "trials/0/arch.yaml").read_text())  # not needed, still checked
+    for bad in ('{"name": "t", "trials": 1e999}', "[" * 5000 + "]" * 5000, '{"name": ["t"]}'):
+        (run / "run.json").write_text(bad)
+        assert "run.json" in one_line(capsys, main(["export", str(run), "--format", "torchscript", "--out",
+                                                    str(tmp_path / "m.pt")]))
+    special_file(tmp_path, "fifo", run / "run.json")
+    assert "run.json" in one_line(capsys, main(["export", str(run), "--format", "torchscript", "--out",
+                                                str(tmp_path / "m.pt")]))
 
 
 def test_show_never_sends_terminal_escapes(tmp_path, capsys):
