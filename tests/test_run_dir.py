@@ -282,13 +282,6 @@ def test_report_writes_and_embeds_only_inside_its_run(tmp_path):
         _spec_text(rd, info)
 
 
-def test_search_run_keeps_a_copy_of_its_spec(tmp_path):
-    space = write_space(tmp_path, search__trials=1, train__epochs=1)
-    out = tmp_path / "run"
-    assert main(["run", str(space), "--out", str(out), "--trials", "1"]) == 0
-    assert (out / "spec.yaml").read_text() == space.read_text()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Script payloads in every string field, rendered in headless Chromium
 # ----------------------------------------------------------------------------------------------------------------
