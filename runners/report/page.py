@@ -430,7 +430,6 @@ def pareto_figures(done: list[Trial], run):
 def history_figures(study, objectives: list[str], run):
     """Optuna's optimization history (objective and best so far), as plotly and as a matplotlib PNG, with the
     objective's own name on the value axis and whole trial numbers on the other."""
-    import matplotlib.pyplot as plt
     import optuna.visualization as vis
     import optuna.visualization.matplotlib as vis_mpl
     from matplotlib.ticker import MaxNLocator
