@@ -46,7 +46,9 @@ MAX_TRIALS = 100_000           # trials/<n>/ directories listed at most
 # Field types: what every reader may rely on after RunDir.info() / RunDir.metrics()
 # ----------------------------------------------------------------------------------------------------------------
 
-# A type is a Python type, a tuple of them (any of), or ("list", T) / ("dict", T) for containers of T.
+# A type is a Python type, a tuple of them (any of), or ("list", T) / ("dict", T) for containers of T (with a
+# "?": null too). The writers are runners/search/trial.py (Evaluator.evaluate), optuna_engine.write_metrics and
+# the engines' run.json; a field added there is added here to be checked.
 NUMBER = (int, float)
 OPT_STR = (str, type(None))
 OPT_NUMBER = (int, float, type(None))
@@ -63,22 +65,27 @@ METRICS_FIELDS: dict[str, Any] = {
     "trial": int, "state": str, "status": OPT_STR, "reason": OPT_STR, "blocks": OPT_STR, "warm_start": OPT_STR,
     "val_accuracy": OPT_NUMBER, "test_accuracy": OPT_NUMBER, "params": NUMBER, "macs": NUMBER,
     "latency_ms": NUMBER, "seconds": NUMBER, "epochs": int, "counted": bool,
-    "in_space": bool, "values": ("dict", OPT_NUMBER), "optuna_params": ("dict", (str, int, float, bool, type(None))),
-    "distributions": ("dict", str), "history": ("list", dict), "io": ("list", int),
+    "in_space": bool, "values": ("dict?", OPT_NUMBER),
+    "optuna_params": ("dict?", (str, int, float, bool, type(None))), "distributions": ("dict?", str),
+    "history": ("list?", dict), "io": ("list?", int),
 }
 STATES = ("complete", "pruned", "failed", "running", "waiting")
 
 
 def _type_name(t) -> str:
+    if isinstance(t, tuple) and len(t) == 2 and t[0] in ("list?", "dict?"):
+        return _type_name((t[0][:-1], t[1])) + " or null"
     if isinstance(t, tuple) and len(t) == 2 and t[0] in ("list", "dict"):
         return f"{'a list' if t[0] == 'list' else 'a mapping'} of ({_type_name(t[1])})"
     if isinstance(t, tuple):
-        return " or ".join(_type_name(x) for x in t)
+        return " or ".join(_type_name(x) for x in t if not (x is int and float in t))  # an int is a number
     return {int: "an integer", float: "a number", str: "a string", dict: "a mapping", list: "a list",
             bool: "true/false", type(None): "null"}.get(t, t.__name__)
 
 
 def _is(value, t) -> bool:
+    if isinstance(t, tuple) and len(t) == 2 and t[0] in ("list?", "dict?"):
+        return value is None or _is(value, (t[0][:-1], t[1]))
     if isinstance(t, tuple) and len(t) == 2 and t[0] in ("list", "dict"):
         if t[0] == "list":
             return isinstance(value, list) and all(_is(v, t[1]) for v in value)
@@ -321,7 +328,7 @@ class RunDir:
         m = check_fields(self.read_json(rel), METRICS_FIELDS, where)
         if "state" in m and m["state"] not in STATES:
             raise SpecError("", f"{where}: field 'state' is {_shown(m['state'])}; expected one of {', '.join(STATES)}")
-        if "io" in m and len(m["io"]) != 2:
+        if m.get("io") is not None and len(m["io"]) != 2:
             raise SpecError("", f"{where}: field 'io' has {len(m['io'])} items; expected 2 (channels, classes)")
         return m
 
