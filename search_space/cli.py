@@ -160,7 +160,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with the project's exit code 2 and a one-line message."""
 
     def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,7 +40,7 @@ from runners.search.storage import (
     RunLock, check_study_known, check_study_present, check_workers, claim, heartbeat, is_sqlite, masked,
     open_storage, recover_lost_trials, retry_trial, sqlite_path, storage_url, without_password, worker_identity)
 from runners.search.trial import (
-    DataCache, Evaluator, Outcome, TrialHooks, direction, first_line, is_disk_full, preflight, trial_dir,
+    DataCache, Evaluator, Outcome, TrialHooks, copy_spec, direction, first_line, is_disk_full, preflight, trial_dir,
     write_json, write_text)
 
 TELL = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
@@ -297,6 +297,7 @@ class SearchRun:
             "storage": without_password(self.url), "study_name": self.study.study_name,
             "objectives": self.objectives, "trials": self.spec.search.trials, "top": self.spec.search.top,
             "recipe": recipe(self.spec)})
+        copy_spec(self.spec_path, self.out)
 
     def close(self) -> None:
         if self.lock is not None:

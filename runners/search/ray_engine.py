@@ -34,7 +34,8 @@ from runners.search.ray_cluster import RayStops, check_fits_nodes, check_per_tri
 from runners.search.recipe import recipe
 from runners.search.records import counts
 from runners.search.results import final_training, records_from_files, status_head, trial_line, write_results
-from runners.search.trial import DataCache, Evaluator, TrialHooks, direction, write_json, write_trial
+from runners.search.trial import (DataCache, Evaluator, TrialHooks, copy_spec, direction, write_json,
+                                  write_trial)
 
 EXPERIMENT = "ray"  # the experiment's folder under storage_path
 META = "__"  # config keys that are not sampled parameters start with this
@@ -443,6 +444,7 @@ def _run_ray(spec: Spec, out: Path, spec_path, progress, address, gpus_per_trial
         "name": spec.name, "backend": "ray", "spec": spec_path, "storage_path": root, "experiment": exp_dir,
         "objectives": objectives, "trials": search.trials, "top": search.top, "address": address or "local",
         "recipe": recipe(spec)})
+    copy_spec(spec_path, out)
     done_before = counts(records_from_files(out), objectives)
     progress.line(f"search {spec.name}: Ray Tune on {len(nodes)} node(s) ({resources.get('CPU', 0):g} CPUs, "
                   f"{resources.get('GPU', 0):g} GPUs), {search.trials} trials, {search.sampler} + "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 import os
+import re
 import socket
 import threading
 import time
@@ -33,7 +34,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from search_space.config import SearchConfig
-from search_space.schema import SpecError
+from search_space.schema import SpecError, redact
 
 HEARTBEAT_S = int(os.environ.get("SEARCH_HEARTBEAT_S", 20))  # RDB storages: seconds between heartbeats
 GRACE_S = int(os.environ.get("SEARCH_GRACE_S", 60))  # ... and the silence after which a trial counts as lost
@@ -72,20 +73,40 @@ def storage_url(search: SearchConfig, out: Path) -> str:
 
 
 def masked(url: str) -> str:
-    """The URL with its password replaced by ``***``: what headers, errors and ``run.json`` show."""
-    if "://" not in url or "@" not in url.split("://", 1)[1]:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    if ":" not in creds:
-        return url
-    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    """The URL with its passwords replaced by ``***`` (the user part's and any ``?password=``/``token=`` query
+    value): what headers, errors and ``search show`` print."""
+    return redact(url)
 
 
 def without_password(url: str) -> str:
-    """The URL with no password at all (written to ``run.json``; libpq then reads PGPASSWORD or ~/.pgpass)."""
+    """The URL with no password at all (written to ``run.json``; libpq then reads PGPASSWORD or ~/.pgpass): the
+    user part's password and every secret query parameter are dropped."""
     m = masked(url)
-    return m.replace(":***@", "@") if m != url else url
+    m = m.replace(":***@", "@")
+    if "?" in m:
+        base, query = m.split("?", 1)
+        kept = [kv for kv in re.split(r"[&;]", query) if not kv.endswith("=***")]
+        m = base + ("?" + "&".join(kept) if kept else "")
+    return m
+
+
+def secrets_of(url: str) -> list[str]:
+    """The passwords a URL carries, raw and percent-decoded (a driver may echo either), longest first."""
+    from urllib.parse import unquote
+
+    found = []
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    creds = rest.rsplit("@", 1)[0] if "@" in rest.split("?", 1)[0] else ""
+    if ":" in creds:
+        found.append(creds.split(":", 1)[1])
+    redacted = redact(url)
+    if "?" in url and redacted != url:
+        for kv in re.split(r"[&;]", url.split("?", 1)[1]):
+            key, _, value = kv.partition("=")
+            if value and redact(f"?{key}=x").endswith("=***"):
+                found.append(value)
+    found += [unquote(f) for f in found]
+    return sorted({f for f in found if f}, key=len, reverse=True)
 
 
 def is_sqlite(url: str) -> bool:
@@ -200,14 +221,10 @@ def driver_hint(url: str, error: Exception) -> str:
 
 
 def hide_secrets(text: str, url: str) -> str:
-    """An error message with the URL's password removed wherever the driver echoed it."""
-    rest = url.split("://", 1)[1] if "://" in url else ""
-    creds = rest.rsplit("@", 1)[0] if "@" in rest else ""
-    if ":" in creds:
-        password = creds.split(":", 1)[1]
-        if password:
-            text = text.replace(password, "***")
-    return text
+    """An error message with the URL's passwords removed wherever the driver echoed them (raw or decoded)."""
+    for secret in secrets_of(url):
+        text = text.replace(secret, "***")
+    return redact(text)
 
 
 def check_workers(url: str, workers: int, out: Path) -> None:
