@@ -15,8 +15,8 @@ from pathlib import Path
 from .schema import SpecError, check_field, one_line
 
 # Subcommands that live with their concept: module path -> (add_parser, run) by convention.
-EXTERNAL_COMMANDS = ("runners.train_cli", "runners.search_cli", "runners.report_cli", "search_space.export",
-                     "search_space.json_schema", "runners.fidelity_cli")
+EXTERNAL_COMMANDS = ("runners.training.cli", "runners.search.cli", "runners.report.cli", "search_space.export",
+                     "search_space.json_schema", "runners.audit.cli")
 
 
 def fmt_int(n: int) -> str:
