@@ -148,7 +148,8 @@ ProgressFn = Callable[[int, int, float], None]  # (done, total, seconds)
 
 def prepare_images(out: Path, paths: list[str], labels: np.ndarray, splits: dict[str, int], opt: DecodeOptions,
                    meta: dict, *, jobs: Optional[int] = None, skip_bad: bool = False,
-                   progress: Optional[ProgressFn] = None, flag: str = "SRC") -> dict:
+                   progress: Optional[ProgressFn] = None, flag: str = "SRC",
+                   hint: Optional[str] = None) -> dict:
     """Decode ``paths`` (already in output order: the train rows, then val, then test; ``splits`` gives each
     split's row count) into the prepared dataset ``out``. Returns the meta written. Raises :class:`PrepareError`
     for bad images (unless ``skip_bad``) and for a full disk, leaving nothing at ``out``."""
@@ -179,7 +180,7 @@ def prepare_images(out: Path, paths: list[str], labels: np.ndarray, splits: dict
                 pool.join()
         return bad
 
-    return _publish(out, n, opt, labels, splits, meta, fill, skip_bad, [paths[i] for i in range(n)], flag)
+    return _publish(out, n, opt, labels, splits, meta, fill, skip_bad, paths, flag, hint)
 
 
 def prepare_arrays(out: Path, images: np.ndarray, labels: np.ndarray, splits: dict[str, int], meta: dict,
@@ -193,11 +194,11 @@ def prepare_arrays(out: Path, images: np.ndarray, labels: np.ndarray, splits: di
             f.write(np.ascontiguousarray(images[start:start + 4096]).tobytes())
         return []
 
-    return _publish(out, n, opt, labels, splits, meta, fill, False, [], flag)
+    return _publish(out, n, opt, labels, splits, meta, fill, False, [], flag, None)
 
 
 def _publish(out: Path, n: int, opt: DecodeOptions, labels: np.ndarray, splits: dict[str, int], meta: dict,
-             fill, skip_bad: bool, paths: list[str], flag: str) -> dict:
+             fill, skip_bad: bool, paths: list[str], flag: str, hint: Optional[str]) -> dict:
     out = Path(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     remove_stale(out)
@@ -216,8 +217,8 @@ def _publish(out: Path, n: int, opt: DecodeOptions, labels: np.ndarray, splits: 
             if not skip_bad:
                 first = "; ".join(f"{paths[i]} ({why})" for i, why in bad[:SHOW_BAD])
                 more = f" and {len(bad) - SHOW_BAD} more" if len(bad) > SHOW_BAD else ""
-                raise PrepareError(flag, f"{len(bad):,} of {n:,} images cannot be used: {first}{more}; fix or remove "
-                                         f"them, or pass --skip-bad to leave them out (the count is recorded)")
+                raise PrepareError(flag, f"{len(bad):,} of {n:,} images cannot be used: {first}{more}; "
+                                         f"{hint or 'fix or remove them, or pass --skip-bad to leave them out'}")
             keep = np.ones(n, dtype=bool)
             keep[[i for i, _ in bad]] = False
             _compact(tmp, shape, keep)
