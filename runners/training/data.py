@@ -185,7 +185,7 @@ def dataset_from(prepared: Prepared, config: TrainConfig, size: int | None = Non
     """The :class:`Dataset` of a prepared dataset's splits (views of its map), with ``config``'s
     ``train_fraction`` and an optional resize applied."""
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = (prepared.split(s) for s in ("train", "val", "test"))
-    rows = {s: torch.from_numpy(prepared.rows(s)) for s in ("train", "val", "test")}
+    rows = {s: torch.from_numpy(np.array(prepared.rows(s))) for s in ("train", "val", "test")}
     train_x, val_x, test_x = (_tensor(x) for x in (train_x, val_x, test_x))
     train_y, val_y, test_y = (torch.from_numpy(np.array(y, dtype=np.int64)) for y in (train_y, val_y, test_y))
     mean, std = tuple(prepared.meta["mean"]), tuple(prepared.meta["std"])
@@ -223,17 +223,20 @@ def _open_prepared(data_dir: str) -> Prepared:
 def _open_cached(dataset: str, data_dir: str, size: int | None, val_fraction: float, test_fraction: float,
                  seed: int) -> Prepared:
     """The cache entry of a raw source (prepared now if missing; see :mod:`runners.training.cache`)."""
-    if dataset == "imagefolder":
-        listing = list_imagefolder(data_dir)
-    else:
-        listing = list_cifar(data_dir, dataset)
-    settings = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
-    if dataset == "imagefolder":
-        settings.update(resize=CROP, filter=FILTER)
-    name = entry_name(dataset, listing.root, size or 32, settings, listing.fingerprint)
+    listing, name, settings = cache_entry(dataset, data_dir, size, val_fraction, test_fraction, seed)
     return ensure(name, lambda path: prepare_source(listing, path, size, val_fraction, test_fraction, seed,
                                                     settings=settings, flag="train.data_dir",
                                                     hint=_SKIP_HINT.format(root=listing.root, size=size)))
+
+
+def cache_entry(dataset: str, data_dir: str, size: int | None, val_fraction: float, test_fraction: float,
+                seed: int) -> tuple[Listing, str, dict]:
+    """The listing of a raw source, the name of its cache entry and the settings the name covers."""
+    listing = list_imagefolder(data_dir) if dataset == "imagefolder" else list_cifar(data_dir, dataset)
+    settings = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    if dataset == "imagefolder":
+        settings.update(resize=CROP, filter=FILTER)
+    return listing, entry_name(dataset, listing.root, size or 32, settings, listing.fingerprint), settings
 
 
 _SKIP_HINT = ("fix or remove them, or prepare the folder yourself leaving them out: `search data prepare {root} -o "
@@ -292,7 +295,7 @@ def prepare_source(listing: Listing, out: Path, size: int | None, val_fraction: 
                        "images": int(len(labels))},
             "settings": {**(settings or {}), "val_fraction": val_fraction, "test_fraction": test_fraction,
                          "seed": seed},
-            "source_rows": source_rows.tolist()}
+            "source_rows": source_rows}
     if listing.kind == "imagefolder":
         opt = options or DecodeOptions(size=size or DEFAULT_SIZE)
         paths = [str(listing.root / listing.files[i]) for i in source_rows]

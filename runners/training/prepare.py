@@ -37,11 +37,12 @@ import numpy as np
 
 from search_space.schema import SpecError
 
-from .prepared import IMAGES, LABELS, SPLITS, write_meta
+from .prepared import IMAGES, LABELS, ROWS, SPLITS, write_meta
 
 MAX_IMAGE_PIXELS = 100_000_000  # 100 megapixels (10,000 x 10,000): above any camera's photo; PIL's own default
 # (89.5M, error at twice that) is set to this too, deliberately, in every decode worker
 CHUNK = 64  # images per task of a decode worker
+AUTO_PER_PROCESS = 512  # without --jobs, one more process per this many images (small folders decode in-process)
 RESIZE_MODES = ("crop", "squash")
 FILTERS = ("box", "bilinear", "bicubic", "lanczos")
 SHOW_BAD = 3  # bad files named in the error line
@@ -70,10 +71,9 @@ def decode(path: str, opt: DecodeOptions) -> np.ndarray:
     """One image as a C x S x S uint8 array; raises ValueError with a short reason for a bad image."""
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = opt.max_pixels  # deliberate: PIL refuses at twice this; we refuse at this
     mode = "RGB" if opt.channels == 3 else "L"
     try:
-        with Image.open(path) as img:  # reads the header only
+        with Image.open(path) as img:  # reads the header only (PIL's own limit is off: see _decode_chunk)
             w, h = img.size
             if w * h > opt.max_pixels:
                 raise ValueError(f"declares {w}x{h} pixels, more than the limit of {opt.max_pixels:,} (a "
@@ -119,23 +119,28 @@ def _filter(name: str):
 def _decode_chunk(task) -> tuple[int, np.ndarray, list[tuple[int, str]]]:
     import warnings
 
+    from PIL import Image
+
     start, paths, opt = task
     out = np.zeros((len(paths), opt.channels, opt.size, opt.size), dtype=np.uint8)
     bad = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image_bomb_warning())  # a declared size near the limit is an error too
-        for k, path in enumerate(paths):
-            try:
-                out[k] = decode(path, opt)
-            except ValueError as e:
-                bad.append((start + k, str(e)))
+    # The pixel limit is set deliberately: decode() refuses any image declaring more than opt.max_pixels from its
+    # header, before a pixel is decoded, and says the declared size. PIL's own check (a warning above its limit,
+    # an error at twice it, raised inside Image.open with no size in hand) is turned off meanwhile so that ours
+    # is the one that speaks; it is restored after, as this may run in the caller's process.
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            for k, path in enumerate(paths):
+                try:
+                    out[k] = decode(path, opt)
+                except ValueError as e:
+                    bad.append((start + k, str(e)))
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     return start, out, bad
-
-
-def Image_bomb_warning():  # noqa: N802 - a class, looked up lazily
-    from PIL import Image
-
-    return Image.DecompressionBombWarning
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -158,7 +163,8 @@ def prepare_images(out: Path, paths: list[str], labels: np.ndarray, splits: dict
     def fill(f, tmp: Path) -> list[tuple[int, str]]:
         bad: list[tuple[int, str]] = []
         chunks = [(s, paths[s:s + CHUNK], opt) for s in range(0, n, CHUNK)]
-        workers = max(1, min(jobs or available_cores(), len(chunks)))
+        auto = min(available_cores(), max(1, n // AUTO_PER_PROCESS))  # a process costs ~0.5 s to start
+        workers = max(1, min(jobs or auto, len(chunks)))
         t0 = time.perf_counter()
         done = 0
         if workers == 1:
@@ -200,6 +206,9 @@ def prepare_arrays(out: Path, images: np.ndarray, labels: np.ndarray, splits: di
 def _publish(out: Path, n: int, opt: DecodeOptions, labels: np.ndarray, splits: dict[str, int], meta: dict,
              fill, skip_bad: bool, paths: list[str], flag: str, hint: Optional[str]) -> dict:
     out = Path(out)
+    meta = dict(meta)
+    source_rows = meta.pop("source_rows", None)
+    source_rows = None if source_rows is None else np.asarray(source_rows, dtype=np.int64)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     remove_stale(out)
     try:
@@ -227,13 +236,15 @@ def _publish(out: Path, n: int, opt: DecodeOptions, labels: np.ndarray, splits: 
                 counts[name] = int(keep[bounds[k]:bounds[k + 1]].sum())
             labels = labels[keep]
             skipped = [(paths[i], why) for i, why in bad]
-            meta = {**meta, "source_rows": [r for r, k in zip(meta.get("source_rows", range(n)), keep) if k]} \
-                if "source_rows" in meta else meta
+            source_rows = None if source_rows is None else source_rows[keep]
             n = int(keep.sum())
             if counts["train"] == 0:
                 raise PrepareError(flag, f"every training image was bad ({len(bad):,} skipped); nothing to train on")
         with open(tmp / LABELS, "wb") as f:
             np.save(f, np.ascontiguousarray(labels, dtype=np.int64))
+        if source_rows is not None:
+            with open(tmp / ROWS, "wb") as f:
+                np.save(f, np.ascontiguousarray(source_rows, dtype=np.int64))
         images = np.load(tmp / IMAGES, mmap_mode="r")
         mean, std = channel_stats(images[:counts["train"]])
         del images

@@ -4,6 +4,7 @@ A prepared dataset is a directory (DESIGN.md section 9)::
 
     images.npy   uint8, N x C x S x S (NCHW: a split is a contiguous slice, so a view of the map, never a copy)
     labels.npy   int64, N
+    rows.npy     int64, N: each row's index in the source (which file it came from), for reports and tests
     meta.json    format and version, class names, the splits as [start, stop) row ranges (train, val, test),
                  per-channel mean and std of the train split, the source's fingerprint, the options it was
                  prepared with, how many images were skipped
@@ -35,6 +36,7 @@ FORMAT_VERSION = 1
 META = "meta.json"
 IMAGES = "images.npy"
 LABELS = "labels.npy"
+ROWS = "rows.npy"  # each row's index in the source's listing (optional)
 SPLITS = ("train", "val", "test")
 MAX_META_BYTES = 64 * 2**20  # class names and skipped-file lists; a larger meta.json is not ours
 
@@ -60,8 +62,16 @@ class Prepared:
     def rows(self, name: str) -> np.ndarray:
         """Each row's index in the source's listing (what the split holds, in the source's terms)."""
         start, stop = self.meta["splits"][name]
-        return np.asarray(self.meta["source_rows"][start:stop], dtype=np.int64) if "source_rows" in self.meta \
-            else np.arange(start, stop)
+        if self.source_rows is not None:
+            return np.asarray(self.source_rows[start:stop])
+        return np.arange(start, stop)
+
+    @property
+    def source_rows(self):
+        if "_rows" not in self.__dict__:
+            path = self.path / ROWS
+            self.__dict__["_rows"] = _map(path, (len(self.labels),), np.int64, str(path)) if path.exists() else None
+        return self.__dict__["_rows"]
 
 
 def is_prepared(path: str | Path) -> bool:
