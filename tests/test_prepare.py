@@ -150,6 +150,27 @@ def test_parallel_decode_gives_the_same_bytes_and_draft_mode_stays_close(tmp_pat
     assert diff.mean() < 3 and not np.array_equal(one, full)  # the JPEGs took the draft path
 
 
+def test_streamed_batches_train_exactly_as_resident_ones(tmp_path, cli):
+    """The GPU's streaming path (images stay on the host, each batch is sent on its own) run on the CPU: the same
+    draws index the same images, so the run is the same."""
+    import torch
+
+    from runners.training.loop import train
+    from search_space.spec import load_spec
+
+    src = write_folder(tmp_path / "photos", per_class=8)
+    assert cli("data", "prepare", src, "-o", tmp_path / "p", "--size", "8").code == 0
+    (tmp_path / "arch.yaml").write_text(ARCH)
+    spec = load_spec(tmp_path / "arch.yaml")
+    data = load_dataset(TrainConfig(dataset="prepared", data_dir=str(tmp_path / "p")))
+    streamed = data.to("cpu", stream=True)
+    assert streamed.streamed is not None and streamed.to("cpu") is streamed
+    torch.set_num_threads(1)
+    runs = [train(spec.model, spec.train, data=d, device="cpu") for d in (data, streamed)]
+    assert [h["train_loss"] for h in runs[0].history] == [h["train_loss"] for h in runs[1].history]
+    assert runs[0].val_accuracy == runs[1].val_accuracy
+
+
 @pytest.mark.parametrize("bad", ["flag", "out_not_prepared", "out_inside_src"])
 def test_bad_arguments_are_one_line(tmp_path, cli, bad):
     src = write_folder(tmp_path / "photos", per_class=3)

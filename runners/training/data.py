@@ -88,6 +88,8 @@ class Dataset:
         """
         device = torch.device(device)
         if stream is None:
+            if self.device == device:
+                return self  # already there, streamed or not
             stream = device.type == "cuda" and self.train_x.device.type == "cpu" and not _fits_device(self, device)
         if self.device == device and bool(self.streamed) == bool(stream):
             return self
