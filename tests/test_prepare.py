@@ -353,6 +353,18 @@ def test_the_cache_follows_the_source_and_rebuilds_damaged_entries(tmp_path, cap
     assert json.loads((entry / "meta.json").read_text())["version"] == 1 and len(again.train_y) == len(changed.train_y)
 
 
+def test_search_run_on_a_raw_folder_prepares_it_at_the_image_size(tmp_path, cli):
+    from tests.conftest import write_space
+
+    src = write_folder(tmp_path / "photos", per_class=6)
+    space = write_space(tmp_path, train__epochs=1, search__trials=1)
+    r = cli("run", space, "--dataset", "imagefolder", "--data-dir", src, "--image-size", "12", "--device", "cpu",
+            "--out", tmp_path / "run")
+    assert r.code == 0, r.err
+    assert [n.split("-")[-2] for n in _entries(tmp_path)] == ["12px"]
+    assert json.loads((tmp_path / "run" / "trials" / "0" / "metrics.json").read_text())["status"] == "ok"
+
+
 def test_two_processes_starting_together_prepare_once(tmp_path):
     src = write_folder(tmp_path / "photos", per_class=4)
     config = TrainConfig(dataset="imagefolder", data_dir=str(src))
