@@ -24,11 +24,13 @@ next prepare of the same output removes before starting over.
 from __future__ import annotations
 
 import errno
+import itertools
 import math
 import multiprocessing
 import os
 import shutil
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -172,7 +174,7 @@ def prepare_images(out: Path, paths: list[str], labels: np.ndarray, splits: dict
             pool = None
         else:
             pool = multiprocessing.get_context("spawn").Pool(workers)
-            results = pool.imap(_decode_chunk, chunks)
+            results = _in_order(pool, chunks, window=4 * workers)
         try:
             for start, arr, chunk_bad in results:
                 f.write(arr.tobytes())
@@ -187,6 +189,21 @@ def prepare_images(out: Path, paths: list[str], labels: np.ndarray, splits: dict
         return bad
 
     return _publish(out, n, opt, labels, splits, meta, fill, skip_bad, paths, flag, hint)
+
+
+def _in_order(pool, chunks: list, window: int):
+    """The pool's results in submission order, with at most ``window`` chunks in flight or waiting, so memory
+    stays bounded even when one slow chunk holds up the ones after it (``Pool.imap`` would queue them all)."""
+    pending: deque = deque()
+    upcoming = iter(chunks)
+    for chunk in itertools.islice(upcoming, window):
+        pending.append(pool.apply_async(_decode_chunk, (chunk,)))
+    while pending:
+        result = pending.popleft().get()
+        chunk = next(upcoming, None)
+        if chunk is not None:
+            pending.append(pool.apply_async(_decode_chunk, (chunk,)))
+        yield result
 
 
 def prepare_arrays(out: Path, images: np.ndarray, labels: np.ndarray, splits: dict[str, int], meta: dict,
