@@ -12,8 +12,10 @@ default; pick with ``--only``):
 * ``draft``: decoding ``--draft-images`` JPEGs in one process with PIL's draft mode against full-scale decoding;
 * ``start``: seconds from starting ``search run SPACE --dataset imagefolder --data-dir SRC`` to the end of the
   first trial's first epoch, with an empty cache (cold: the folder is prepared) and again (warm: the cache is
-  mapped); a one-epoch run of a small space on ``--start-fraction`` of the training rows, so the epoch itself is
+  mapped); a one-epoch run of a small space on 2% of the training rows, validated on 1%, so the epoch itself is
   short and the same in both;
+* ``load``: the part of that start the cache changes, in-process: ``load_dataset`` of the raw folder with an empty
+  cache against a filled one, and the seconds a fresh process spends importing torch and the search stack;
 * ``memory``: two processes that load the prepared dataset as two search workers do and read every image; the
   proportional set size (PSS, shared pages split between the processes that map them) of the two together,
   against two processes holding private copies (what ``imagefolder`` did before);
@@ -48,7 +50,7 @@ model:
     - depth: 1
       width: {choice: [16, 24]}
       block: {type: plain, bottleneck: false}
-train: {dataset: imagefolder, epochs: 1, batch_size: 64, warmup_epochs: 0, train_fraction: 0.02}
+train: {dataset: imagefolder, epochs: 1, batch_size: 64, warmup_epochs: 0, train_fraction: 0.02, val_fraction: 0.01}
 search: {trials: 1, sampler: random, pruner: none}
 """
 
@@ -179,14 +181,54 @@ def bench_start(src: Path, work: Path, size: int) -> dict:
     return out
 
 
+def bench_load(src: Path, work: Path, size: int, repeats: int) -> dict:
+    """The part of a start that the cache changes, in this process: ``load_dataset`` of the raw folder with an
+    empty cache (it prepares, with all cores) against a filled one (it lists the folder for the fingerprint and
+    maps the array); and what importing the training stack costs a fresh process, which every start pays."""
+    from runners.training.data import clear_cache, load_dataset
+    from search_space.config import TrainConfig
+
+    cache = work / "cache-load"
+    shutil.rmtree(cache, ignore_errors=True)
+    os.environ["SEARCH_DATA_CACHE"] = str(cache)
+    config = TrainConfig(dataset="imagefolder", data_dir=str(src))
+    clear_cache()
+    t0 = time.perf_counter()
+    load_dataset(config, size)
+    cold = time.perf_counter() - t0
+    warm = []
+    for _ in range(repeats):
+        clear_cache()
+        t0 = time.perf_counter()
+        load_dataset(config, size)
+        warm.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, optuna, runners.training.data, runners.search.optuna_engine"],
+                   env=env_with(), check=True)
+    imports = time.perf_counter() - t0
+    out = {"cold_seconds": round(cold, 2), "warm_seconds": [round(w, 3) for w in warm],
+           "warm_median_seconds": round(statistics.median(warm), 3), "import_seconds": round(imports, 2)}
+    out["warm_over_cold"] = round(out["warm_median_seconds"] / cold, 5)
+    print(f"loading the raw folder: cold (prepare) {cold:.1f}s, warm (list and map) "
+          f"{out['warm_median_seconds']:.2f}s = {out['warm_over_cold']:.2%} of cold; a fresh process spends "
+          f"{imports:.1f}s importing torch and the search stack before either", flush=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    return out
+
+
 MEMORY_CHILD = """
-import sys, time, torch
+import sys, numpy as np, torch
 from runners.training.data import load_dataset
 from search_space.config import TrainConfig
-d = load_dataset(TrainConfig(dataset='prepared', data_dir=sys.argv[1]))
-if sys.argv[2] == 'copy':
-    d.train_x, d.val_x, d.test_x = d.train_x.clone(), d.val_x.clone(), d.test_x.clone()
-total = sum(int(x.sum()) for x in (d.train_x, d.val_x, d.test_x))  # every image read
+mode = sys.argv[2]
+if mode == 'map':  # as a search worker loads a prepared dataset
+    d = load_dataset(TrainConfig(dataset='prepared', data_dir=sys.argv[1]))
+    parts = (d.train_x, d.val_x, d.test_x)
+elif mode == 'copy':  # a private copy per process, as imagefolder held its images before
+    parts = (torch.from_numpy(np.load(sys.argv[1] + '/images.npy')),)
+else:  # the same imports, no data: the baseline
+    parts = ()
+total = sum(int(x.sum()) for x in parts)  # every image read
 print('ready', flush=True)
 sys.stdin.readline()
 """
@@ -205,7 +247,7 @@ def bench_memory(prepared: Path) -> dict:
 
     nbytes = int(np.load(prepared / "images.npy", mmap_mode="r").nbytes)
     out = {"data_bytes": nbytes}
-    for mode in ("map", "copy"):
+    for mode in ("none", "map", "copy"):
         procs = [subprocess.Popen([sys.executable, "-c", MEMORY_CHILD, str(prepared), mode], env=env_with(),
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
         for p in procs:
@@ -217,14 +259,12 @@ def bench_memory(prepared: Path) -> dict:
             p.wait()
         out[mode] = {"pss_bytes_total": sum(r["Pss"] for r in rows), "rss_bytes": [r["Rss"] for r in rows],
                      "private_bytes_total": sum(r["Private_Clean"] + r["Private_Dirty"] for r in rows)}
-    baseline = out["map"]["pss_bytes_total"] - nbytes  # what two processes hold besides the data (torch etc.)
+    baseline = out["none"]["pss_bytes_total"]  # two processes with the same imports and no data
     out["copies_map"] = round((out["map"]["pss_bytes_total"] - baseline) / nbytes, 3)
     out["copies_copy"] = round((out["copy"]["pss_bytes_total"] - baseline) / nbytes, 3)
-    out["extra_bytes_of_private_copies"] = out["copy"]["pss_bytes_total"] - out["map"]["pss_bytes_total"]
-    print(f"two workers, {nbytes / 2**20:,.0f} MiB of images: PSS together {out['map']['pss_bytes_total'] / 2**20:,.0f}"
-          f" MiB mapping the prepared array against {out['copy']['pss_bytes_total'] / 2**20:,.0f} MiB with private "
-          f"copies: private copies cost {out['extra_bytes_of_private_copies'] / nbytes:.2f} more copies of the data",
-          flush=True)
+    print(f"two workers, {nbytes / 2**20:,.0f} MiB of images: beyond two processes holding no data, they hold "
+          f"{out['copies_map']:.2f} copies of the data mapping the prepared array (PSS, shared pages split between "
+          f"them) against {out['copies_copy']:.2f} with private copies", flush=True)
     return out
 
 
@@ -268,14 +308,14 @@ def main(argv=None) -> int:
     p.add_argument("--draft-images", type=int, default=2000)
     p.add_argument("--train-rows", type=int, default=8192)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--only", nargs="*", choices=("prepare", "draft", "start", "memory", "train"))
+    p.add_argument("--only", nargs="*", choices=("prepare", "draft", "start", "load", "memory", "train"))
     p.add_argument("--work", help="scratch folder (default: a temporary one, removed)")
     p.add_argument("--json", help="write the raw record here")
     args = p.parse_args(argv)
     src = Path(args.src).resolve()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="prepare-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    only = set(args.only or ("prepare", "draft", "start", "memory", "train"))
+    only = set(args.only or ("prepare", "draft", "start", "load", "memory", "train"))
     record = {"benchmark": "benchmarks/prepare_speed.py", "argv": sys.argv[1:], "commit": git_commit(),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "source": str(src), "size": args.size}
@@ -286,6 +326,8 @@ def main(argv=None) -> int:
             record["draft"] = bench_draft(src, args.size, args.draft_images)
         if "start" in only:
             record["start"] = bench_start(src, work, args.size)
+        if "load" in only:
+            record["load"] = bench_load(src, work, args.size, args.repeats)
         prepared = work / f"prepared-j{args.jobs}"
         if ({"memory", "train"} & only) and not (prepared / "meta.json").exists():
             subprocess.run(cli("data", "prepare", src, "-o", prepared, "--size", args.size), env=env_with(),
