@@ -287,8 +287,9 @@ def bench_train(prepared: Path, rows: int, repeats: int) -> dict:
                                  val_x=mapped.val_x[:512], val_y=mapped.val_y[:512])
     memory = dataclasses.replace(mapped, train_x=mapped.train_x.clone(), val_x=mapped.val_x.clone())
     rates = {"map": [], "memory": []}
-    for _ in range(repeats):
-        for name, data in (("map", mapped), ("memory", memory)):
+    for k in range(repeats):  # ABBA: neither source always runs first on a machine whose load drifts
+        pairs = (("map", mapped), ("memory", memory))
+        for name, data in (pairs if k % 2 == 0 else pairs[::-1]):
             result = train(spec.model, config, data=data, device="cpu")
             rates[name].append(result.history[0]["images_per_s"])
     out = {"rows": rows, "repeats": repeats, "map_images_per_s": [round(r, 1) for r in rates["map"]],
@@ -297,6 +298,31 @@ def bench_train(prepared: Path, rows: int, repeats: int) -> dict:
     print(f"training images/s on the CPU from the map against in-memory tensors: {out['ratio']:.3f} "
           f"({statistics.median(rates['map']):,.0f} against {statistics.median(rates['memory']):,.0f}, median of "
           f"{repeats})", flush=True)
+    out["gather"] = bench_gather(mapped.train_x, memory.train_x, config.batch_size)
+    return out
+
+
+def bench_gather(mapped, memory, batch: int, rounds: int = 15) -> dict:
+    """What the map changes in training, alone: the augmenting gather of every batch of an epoch (random order,
+    crop and flip), from the map against from memory, interleaved."""
+    from runners.training.loop import Augment
+
+    times = {"map": [], "memory": []}
+    for k in range(rounds):
+        for name, images in ((("map", mapped), ("memory", memory)) if k % 2 == 0 else
+                             (("memory", memory), ("map", mapped))):
+            augment = Augment(images, 4, True, seed=k)
+            order = augment.new_epoch(len(images))
+            t0 = time.perf_counter()
+            for start in range(0, len(images) - batch + 1, batch):
+                augment(order, slice(start, start + batch))
+            times[name].append(len(images) / (time.perf_counter() - t0))
+    out = {"rounds": rounds, "map_images_per_s": round(statistics.median(times["map"]), 1),
+           "memory_images_per_s": round(statistics.median(times["memory"]), 1)}
+    out["ratio"] = round(out["map_images_per_s"] / out["memory_images_per_s"], 4)
+    print(f"the augmenting gather alone, from the map against from memory: {out['ratio']:.3f} "
+          f"({out['map_images_per_s']:,.0f} against {out['memory_images_per_s']:,.0f} images/s, median of {rounds})",
+          flush=True)
     return out
 
 
