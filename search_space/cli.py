@@ -16,7 +16,7 @@ from .schema import SpecError, check_field, one_line
 
 # Subcommands that live with their concept: module path -> (add_parser, run) by convention.
 EXTERNAL_COMMANDS = ("runners.training.cli", "runners.search.cli", "runners.report.cli", "search_space.export",
-                     "search_space.json_schema", "runners.audit.cli")
+                     "search_space.json_schema", "runners.audit.cli", "runners.training.prepare_cli")
 
 
 def fmt_int(n: int) -> str:

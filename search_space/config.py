@@ -14,7 +14,7 @@ from .schema import SpecError, _fmt, field, is_choice, largest
 
 SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit
 
-DATASETS = ("digits", "digits_hard", "digits_pairs", "cifar10", "cifar100", "imagefolder", "synthetic")
+DATASETS = ("digits", "digits_hard", "digits_pairs", "cifar10", "cifar100", "imagefolder", "prepared", "synthetic")
 
 
 @dataclass
@@ -22,8 +22,11 @@ class TrainConfig:
     dataset: Literal[DATASETS] = field(
         "digits", doc="digits ships with scikit-learn (no download); digits_hard: two distorted 32x32 copies of "
         "each digit (warps, clutter, noise; no download); digits_pairs: two digits side by side, 100 classes "
-        "(no download); cifar10/cifar100/imagefolder read data_dir")
-    data_dir: Optional[str] = field(None, doc="directory of cifar10/cifar100 python batches or of class folders")
+        "(no download); cifar10/cifar100/imagefolder read data_dir and prepare it once into a memory-mapped cache "
+        "(SEARCH_DATA_CACHE); prepared reads a directory made by `search data prepare` (its splits are fixed there: "
+        "val_fraction, test_fraction and seed do not change them)")
+    data_dir: Optional[str] = field(None, doc="directory of cifar10/cifar100 python batches, of class folders "
+                                    "(imagefolder) or of a prepared dataset (prepared)")
     image_size: Optional[int] = field(None, min=1, max=1024, doc="train at this size; null: the model's input_size")
     val_fraction: float = field(0.15, min=0.01, max=0.9, doc="share of the training data held out for validation")
     test_fraction: float = field(0.2, min=0.01, max=0.9,

@@ -24,6 +24,7 @@ OVERRIDES = {
     "seed": ("search", "seed"), "final_epochs": ("search", "final_epochs"), "workers": ("search", "workers"),
     "objectives": ("search", "objectives"), "backend": ("search", "backend"), "epochs": ("train", "epochs"),
     "dataset": ("train", "dataset"), "data_dir": ("train", "data_dir"), "device": ("train", "device"),
+    "image_size": ("train", "image_size"),
 }
 
 
@@ -157,6 +158,8 @@ def add_parser(sub) -> None:
     g.add_argument("--dataset", choices=hints(TrainConfig)["dataset"].__args__)
     g.add_argument("--data-dir", help="directory of the dataset files")
     g.add_argument("--device", choices=hints(TrainConfig)["device"].__args__)
+    g.add_argument("--image-size", type=int, metavar="PX", help="train every trial at this size (default: the "
+                   "spec's train.image_size, else each model's input_size)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("show", help="print the results table of a finished or running search")
