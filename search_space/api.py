@@ -54,69 +54,65 @@ def run_model(run: str | Path) -> RunModel:
     best trial's kept weights (``best.json`` names it; a multi-objective run: the Pareto member best on the first
     objective), else the architecture alone.
 
-    Every read of a run directory for a model goes through here (one place to harden)."""
-    run = Path(run)
-    if not run.is_dir():
+    Read through :class:`~search_space.rundir.RunDir` (a run directory is untrusted input: no link out of it is
+    followed, every file is size-limited and type-checked); every read of a run directory for a model is here."""
+    from .rundir import RunDir
+
+    if not Path(run).is_dir():
         raise SpecError("run", f"{str(run)!r} is not a run directory")
-    final = run / "final"
-    best_trial = _json_field(run / "best.json", "trial")
-    if (final / "arch.yaml").is_file() and (final / "weights.pt").is_file() and (
-            best_trial is None or _json_field(final / "metrics.json", "trial") in (None, best_trial)):
-        return RunModel(final / "arch.yaml", final / "weights.pt", "final")  # not a final of an earlier best
-    if (run / "arch.yaml").is_file() and not (run / "best.yaml").exists():  # a `search train` directory
-        weights = run / "weights.pt"
-        return RunModel(run / "arch.yaml", weights if weights.is_file() else None, "search train")
-    if (run / "best.yaml").is_file():
-        number = best_trial
-        if isinstance(number, int) and not isinstance(number, bool) and number >= 0:
-            weights = run / "trials" / str(number) / "weights.pt"
-            if weights.is_file():
-                return RunModel(run / "best.yaml", weights, f"trial {number}")
-        return RunModel(run / "best.yaml", None, "best.yaml")
-    pareto = sorted((run / "pareto").glob("*.yaml")) if (run / "pareto").is_dir() else []
+    rd = RunDir(run)
+    if rd.exists("run.json"):
+        rd.info()  # a damaged or hostile run.json is refused here, as report and show refuse it
+    best_trial = _best_trial(rd)
+    if rd.exists("final/arch.yaml") and rd.exists("final/weights.pt"):
+        final_trial = (rd.metrics(0, "final/metrics.json") or {}).get("trial")
+        if best_trial is None or final_trial in (None, best_trial):  # not the final of an earlier best
+            return RunModel(rd.file("final/arch.yaml"), rd.file("final/weights.pt"), "final")
+    if rd.exists("arch.yaml") and not rd.exists("best.yaml"):  # a `search train` directory
+        weights = rd.file("weights.pt") if rd.exists("weights.pt") else None
+        return RunModel(rd.file("arch.yaml"), weights, "search train")
+    if rd.exists("best.yaml"):
+        kept = f"trials/{best_trial}/weights.pt"
+        if best_trial is not None and rd.exists(kept):
+            return RunModel(rd.file("best.yaml"), rd.file(kept), f"trial {best_trial}")
+        return RunModel(rd.file("best.yaml"), None, "best.yaml")
+    pareto = sorted((rd.root / "pareto").glob("*.yaml")) if rd.exists("pareto") else []
     if pareto:
-        arch = min(pareto, key=lambda p: _first_objective_rank(run, p))
-        number = arch.stem.rsplit("_", 1)[-1]
-        weights = run / "trials" / number / "weights.pt"
-        if number.isdigit() and weights.is_file():
-            return RunModel(arch, weights, f"trial {number}")
-        return RunModel(arch, None, arch.name)
+        rd.file_dir("pareto")
+        best = min(pareto, key=lambda p: _first_objective_rank(rd, p))
+        number = best.stem.rsplit("_", 1)[-1]
+        kept = f"trials/{number}/weights.pt"
+        if number.isdigit() and rd.exists(kept):
+            return RunModel(rd.file(Path("pareto") / best.name), rd.file(kept), f"trial {number}")
+        return RunModel(rd.file(Path("pareto") / best.name), None, best.name)
     raise SpecError("run", f"{str(run)!r} has no best.yaml, pareto/, final/ or arch.yaml yet (is the search "
                            f"finished?)")
 
 
-def _json_field(path: Path, key: str):
-    """``key`` of a small JSON mapping in a run directory, or None when the file is missing or unreadable."""
-    import json
-
-    try:
-        data = json.loads(_small_text(path))
-    except (OSError, ValueError, RecursionError):
+def _best_trial(rd) -> Optional[int]:
+    """The trial ``best.json`` names (written with best.yaml), or None where there is none."""
+    if not rd.exists("best.json"):
         return None
-    return data.get(key) if isinstance(data, dict) else None
+    best = rd.read_json("best.json")
+    number = best.get("trial") if isinstance(best, dict) else None
+    if number is None:
+        return None
+    if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number < 10**9:
+        raise SpecError("", f"{rd.path / 'best.json'}: field 'trial' is {str(number)[:40]!r}; expected a trial "
+                            f"number")
+    return number
 
 
-def _small_text(path: Path, limit: int = 1 << 20) -> str:
-    """A small JSON file of a run directory: regular files only, at most ``limit`` bytes."""
-    import stat
-
-    info = path.stat()
-    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-        raise ValueError(f"{path} is not a small regular file")
-    return path.read_text()
-
-
-def _first_objective_rank(run: Path, arch: Path) -> float:
-    """Sort key of a Pareto member (``pareto/trial_N.yaml``): its first objective, best first."""
-    import json
-
-    try:
-        objective = (json.loads(_small_text(run / "run.json")).get("objectives") or ["val_accuracy"])[0]
-        number = arch.stem.rsplit("_", 1)[-1]
-        value = json.loads(_small_text(run / "trials" / number / "metrics.json"))["values"][objective]
-        return -value if objective == "val_accuracy" else value
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
+def _first_objective_rank(rd, arch: Path) -> float:
+    """Sort key of a Pareto member (``pareto/trial_N.yaml``): its first objective, best first (a member whose
+    metrics cannot be read sorts last; reading them is refused like any damaged run file)."""
+    objective = rd.info().get("objectives", ["val_accuracy"])[0]
+    number = arch.stem.rsplit("_", 1)[-1]
+    metrics = rd.metrics(int(number)) if number.isdigit() else None
+    value = ((metrics or {}).get("values") or {}).get(objective)
+    if not isinstance(value, (int, float)):
         return float("inf")
+    return -value if objective == "val_accuracy" else value
 
 
 def load_any(source: Any):

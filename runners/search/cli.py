@@ -25,6 +25,7 @@ OVERRIDES = {
     "keep_weights": ("search", "keep_weights"),
     "objectives": ("search", "objectives"), "backend": ("search", "backend"), "epochs": ("train", "epochs"),
     "dataset": ("train", "dataset"), "data_dir": ("train", "data_dir"), "device": ("train", "device"),
+    "image_size": ("train", "image_size"),
 }
 
 
@@ -47,10 +48,18 @@ def apply_overrides(spec, args):
 def cmd_run(args) -> int:
     from search_space.spec import load_spec
 
+    from search_space.sampling import check_feasible
+
+    from runners.training.device import check_threads
+    from runners.search.recipe import check_run_dir
+
     spec = apply_overrides(load_spec(args.space), args)
-    if args.threads is not None and args.threads < 1:
-        raise SpecError("--threads", f"{args.threads} must be at least 1")
+    check_feasible(spec)  # as `search validate` does: a space none of whose samples can be built is refused
+    check_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / spec.name
+    note = check_run_dir(out, spec, continue_anyway=args.continue_anyway)  # one engine, one recipe per study
+    if note:
+        print(note, file=sys.stderr)
     ray_only = [flag for flag, value in (("--address", args.address), ("--gpus-per-trial", args.gpus_per_trial),
                                          ("--cpus-per-trial", args.cpus_per_trial),
                                          ("--max-concurrent", args.max_concurrent),
@@ -63,7 +72,9 @@ def cmd_run(args) -> int:
         with removed_if_failed(out):  # bad input found after the directory was made leaves none behind
             summary = _run(spec, out, args)
         if summary.get("interrupted"):
-            raise KeyboardInterrupt
+            from runners.common.signals import Interrupted
+
+            raise Interrupted(summary["signal"]) if summary.get("signal") else KeyboardInterrupt
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (runners.common.signals.Interrupted): 128 + the signal
         ignore_further_stops()
         print(f"interrupted{f' by {e}' if str(e).startswith('SIG') else ''}; rerun the same command to resume "
@@ -76,9 +87,11 @@ def _run(spec, out: Path, args) -> dict:
     if spec.search.backend == "ray":
         from runners.search.ray_engine import run_ray_search
 
-        return run_ray_search(spec, out, spec_path=str(args.space), address=args.address,
-                              gpus_per_trial=args.gpus_per_trial or 0.0, cpus_per_trial=args.cpus_per_trial or 1.0,
-                              max_concurrent=args.max_concurrent, storage_path=args.storage_path)
+        return run_ray_search(
+            spec, out, spec_path=str(args.space), address=args.address,
+            gpus_per_trial=args.gpus_per_trial if args.gpus_per_trial is not None else 0.0,
+            cpus_per_trial=args.cpus_per_trial if args.cpus_per_trial is not None else 1.0,
+            max_concurrent=args.max_concurrent, storage_path=args.storage_path)
     from runners.search.optuna_engine import run_search
 
     return run_search(spec, out, spec_path=str(args.space), threads=args.threads)
@@ -135,8 +148,15 @@ def add_parser(sub) -> None:
     g.add_argument("--threads", type=int, help="torch threads per worker on the CPU (default: the idle cores)")
     g.add_argument("--backend", choices=hints(SearchConfig)["backend"].__args__,
                    help="search engine: optuna (default) or ray (Ray Tune)")
+    g.add_argument("--continue-anyway", action="store_true",
+                   help="resume a study although the recipe changed (epochs, dataset, image size, objectives, "
+                        "budgets, the space): its old and new trials then do not compare")
     g = p.add_argument_group("Ray Tune (with --backend ray)")
-    g.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: start a local Ray)")
+    from runners.search.ray_cluster import CONNECT_TIMEOUT_S, GCS_TIMEOUT_S
+
+    g.add_argument("--address", help=f"join a running Ray cluster: auto or HOST:PORT, refused after at most "
+                                     f"{CONNECT_TIMEOUT_S + GCS_TIMEOUT_S:g} s when no Ray answers there (default: "
+                                     f"start a local Ray, on loopback only)")
     g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (default 0)")
     g.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
     g.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the resources fit)")
@@ -147,6 +167,8 @@ def add_parser(sub) -> None:
     g.add_argument("--dataset", choices=hints(TrainConfig)["dataset"].__args__)
     g.add_argument("--data-dir", help="directory of the dataset files")
     g.add_argument("--device", choices=hints(TrainConfig)["device"].__args__)
+    g.add_argument("--image-size", type=int, metavar="PX", help="train every trial at this size (default: the "
+                   "spec's train.image_size, else each model's input_size)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("show", help="print the results table of a finished or running search")
