@@ -405,28 +405,37 @@ def build_model(weights=WEIGHTS):
 
 
 def preprocess(image):
-    """A PIL image -> a 1 x C x H x W float tensor, exactly as the training images were made."""
+    \"\"\"A PIL image -> a 1 x C x H x W float tensor, exactly as the training images were made.\"\"\"
     from PIL import Image
 
     if PREPROCESS is None:
         raise RuntimeError("this export has no preprocessing record (untrained, or trained elsewhere)")
-    size = PREPROCESS["size"]
-    image = image.convert("RGB" if PREPROCESS["channels"] == 3 else "L")
-    if PREPROCESS["resize"] == "shorter_side_center_crop":
-        w, h = image.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        image = image.resize((nw, nh), Image.Resampling.BILINEAR)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    elif image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    size = PREPROCESS["prepared_size"] or PREPROCESS["size"]
+    mode = "RGB" if PREPROCESS["channels"] == 3 else "L"
+    filters = {{"box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
+               "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}}
+    w, h = image.size
+    if PREPROCESS["resize"] == "crop":  # the centred square, fractional offsets
+        side = min(w, h)
+        box = ((w - side) / 2, (h - side) / 2, (w - side) / 2 + side, (h - side) / 2 + side)
+    else:  # squash (and images made in memory: the whole image)
+        box = (0.0, 0.0, float(w), float(h))
+    if PREPROCESS["draft"] and image.format == "JPEG":
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        got = image.draft(mode, (int(-(-w * size // bw)), int(-(-h * size // bh))))
+        if got is not None and got[1][2] < w:
+            box = tuple(v * got[1][2] / w for v in box)
+    image = image.convert(mode).resize((size, size), filters[PREPROCESS["filter"]], box=box)
     channels = PREPROCESS["channels"]
     x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, channels)
-    x = x.permute(2, 0, 1).float() / PREPROCESS["scale"]
-    mean = torch.tensor(PREPROCESS["mean"]).view(-1, 1, 1)
-    std = torch.tensor(PREPROCESS["std"]).view(-1, 1, 1)
-    return ((x - mean) / std).unsqueeze(0)
+    x = x.permute(2, 0, 1).float().unsqueeze(0)
+    if size != PREPROCESS["size"]:  # prepared at one size, trained at another
+        x = torch.nn.functional.interpolate(x, size=(PREPROCESS["size"],) * 2, mode="bilinear", align_corners=False,
+                                            antialias=PREPROCESS["size"] < size).round().clamp(0, 255)
+    x = x / PREPROCESS["scale"]
+    mean = torch.tensor(PREPROCESS["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(PREPROCESS["std"]).view(1, -1, 1, 1)
+    return (x - mean) / std
 
 
 def predict(image, model=None):
@@ -487,7 +496,8 @@ def python_source(model, spec, weights_name: Optional[str], x, pre: Optional[Pre
         parts.append("\n\n" + text)
     pre_data = None
     if pre is not None:
-        pre_data = {k: getattr(pre, k) for k in ("channels", "size", "resize", "scale", "mean", "std", "classes")}
+        pre_data = {k: getattr(pre, k) for k in ("channels", "size", "prepared_size", "resize", "filter", "draft",
+                                                 "scale", "mean", "std", "classes")}
     weights_expr = f"Path(__file__).with_name({weights_name!r})" if weights_name else "None"
     parts.append(FOOTER.format(weights_expr=weights_expr, sha=sha, pre=pre_data, expr=expr, ci=x.shape[1],
                                size=x.shape[2]))

@@ -9,8 +9,10 @@ JSON sidecar, the numbers inside the ``.py`` export).
 The record (:class:`Preprocess`):
 
 * ``channels``, ``size``: the input the network was trained on (``color`` ``RGB`` for 3 channels, ``L`` for 1);
-* ``resize``: the rule that turned a file into a ``size`` x ``size`` image (``shorter_side_center_crop`` for
-  image folders: the shorter side resized to ``size`` with PIL's bilinear filter, then the centre square cut);
+* ``resize``, ``filter``, ``draft``: the rule that turned a file into a ``size`` x ``size`` image, as the prepared
+  data decoded it (``crop``: the centred square of side min(w, h), resized with PIL's ``filter`` through
+  ``Image.resize``'s ``box``; ``squash``: the whole image resized; ``draft``: JPEGs decoded at a reduced scale);
+  ``bilinear`` for datasets made in memory (digits), whose images are no files;
 * ``scale`` then ``mean``/``std``: pixel values are divided by ``scale`` (255) and each channel becomes
   ``(x - mean) / std``, with the exact float numbers training used;
 * ``classes``: the class names in label order (output ``i`` of the network is ``classes[i]``).
@@ -33,15 +35,12 @@ FORMAT = "resnet-nas.preprocess/1"
 FILE = "preprocess.json"
 MAX_BYTES = 4 << 20  # a record names at most ~100k classes
 RESIZE_RULES = {
-    "shorter_side_center_crop": "convert to {color}, resize the shorter side to {size} px (PIL bilinear), cut the "
-                                "centre {size}x{size} square",
+    "crop": "convert to {color}{draft}, cut the centred square (side: the shorter side; fractional offsets) and resize "
+            "it to {size}x{size} (PIL {filter}, Image.resize's box argument){again}",
+    "squash": "convert to {color}{draft}, resize the whole image to {size}x{size} (PIL {filter}){again}",
     "bilinear": "the dataset's own images ({source}), resized to {size}x{size} (bilinear, antialiased when "
                 "shrinking)",
 }
-# datasets whose images come from files a user could also have: the folder rule; the others are made in memory
-FOLDER_DATASETS = ("imagefolder",)
-
-
 @dataclass
 class Preprocess:
     """The input convention of a trained network (see the module docstring)."""
@@ -51,7 +50,10 @@ class Preprocess:
     mean: list[float]
     std: list[float]
     classes: list[str]
-    resize: str = "shorter_side_center_crop"
+    resize: str = "crop"
+    filter: str = "bilinear"
+    draft: bool = False
+    prepared_size: Optional[int] = None  # the size images were prepared at, when training resized them again
     scale: float = 255.0
     dataset: str = ""
     layout: str = "NCHW"
@@ -63,8 +65,13 @@ class Preprocess:
 
     def describe(self) -> str:
         """One sentence: what to do to an image before the network sees it."""
-        rule = RESIZE_RULES.get(self.resize, self.resize).format(color=self.color, size=self.size,
-                                                                 source=self.dataset or "in memory")
+        first = self.prepared_size or self.size
+        again = (f", then resized to {self.size}x{self.size} (bilinear, antialiased when shrinking)"
+                 if self.prepared_size and self.prepared_size != self.size else "")
+        rule = RESIZE_RULES.get(self.resize, self.resize).format(
+            color=self.color, size=first, source=self.dataset or "in memory", filter=self.filter, again=again,
+            draft=" (a JPEG decoded at a reduced scale by PIL's draft when that leaves at least the size)"
+            if self.draft else "")
         mean = ", ".join(f"{v:.6g}" for v in self.mean)
         std = ", ".join(f"{v:.6g}" for v in self.std)
         return (f"{rule}; {self.layout} float32; divide by {self.scale:g}; then (x - mean) / std per channel with "
@@ -87,9 +94,13 @@ class Preprocess:
         if len(classes) != data.num_classes:
             classes = [str(i) for i in range(data.num_classes)]
         name = str(getattr(data, "name", ""))
-        return cls(channels=int(data.channels), size=int(size or data.image_size), mean=[float(v) for v in data.mean],
+        size = int(size or data.image_size)
+        how = dict(getattr(data, "transform", None) or {})  # prepared data: how its files were decoded
+        prepared = int(how["prepared_size"]) if how.get("prepared_size") else None
+        return cls(channels=int(data.channels), size=size, mean=[float(v) for v in data.mean],
                    std=[float(v) for v in data.std], classes=classes, dataset=name,
-                   resize="shorter_side_center_crop" if name in FOLDER_DATASETS else "bilinear")
+                   resize=str(how.get("resize", "bilinear")), filter=str(how.get("filter", "bilinear")),
+                   draft=bool(how.get("draft", False)), prepared_size=prepared if prepared != size else None)
 
     @classmethod
     def from_json(cls, data, where: str = FILE) -> "Preprocess":
@@ -119,10 +130,14 @@ class Preprocess:
                 raise SpecError(f"{where}: std", "every std must be > 0")
             if not all(isinstance(c, str) and len(c) <= 1000 for c in classes):
                 raise SpecError(f"{where}: classes", "every class name must be a string")
-            resize = str(data.get("resize", "shorter_side_center_crop"))[:200]
+            resize = str(data.get("resize", "crop"))[:200]
             scale = number(data.get("scale", 255.0), "scale")
+            prepared = data.get("prepared_size")
+            if prepared is not None and (isinstance(prepared, bool) or not isinstance(prepared, int) or prepared < 1):
+                raise SpecError(f"{where}: prepared_size", f"{str(prepared)[:40]!r} is not a size")
             return cls(channels=channels, size=size, mean=mean, std=std, classes=list(classes), resize=resize,
-                       scale=scale, dataset=str(data.get("dataset", ""))[:200])
+                       filter=str(data.get("filter", "bilinear"))[:40], draft=data.get("draft") is True,
+                       prepared_size=prepared, scale=scale, dataset=str(data.get("dataset", ""))[:200])
         except KeyError as e:
             raise SpecError(where, f"no {e.args[0]!r}; not a preprocessing record") from None
 

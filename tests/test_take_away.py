@@ -92,17 +92,15 @@ OUTSIDE = textwrap.dedent('''
     files = sorted(folder.glob("*/*.png"))
 
     def pixels(path, pre):
-        """The recorded rule, written from its description: shorter side to size (bilinear), centre crop, [0, 1]."""
-        assert pre["resize"] == "shorter_side_center_crop", pre["resize"]
+        """The recorded rule, written from its description: the centred square resized with PIL's filter, [0, 1]."""
+        assert pre["resize"] == "crop" and pre["filter"] == "bilinear" and not pre["prepared_size"], pre
         size = pre["size"]
         with Image.open(path) as img:
-            img = img.convert("RGB" if pre["channels"] == 3 else "L")
             w, h = img.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            img = img.crop((left, top, left + size, top + size))
+            side = min(w, h)
+            box = ((w - side) / 2, (h - side) / 2, (w - side) / 2 + side, (h - side) / 2 + side)
+            img = img.convert("RGB" if pre["channels"] == 3 else "L")
+            img = img.resize((size, size), Image.Resampling.BILINEAR, box=box)
             x = np.asarray(img, dtype=np.float32).reshape(size, size, pre["channels"])
         return x.transpose(2, 0, 1) / pre["scale"]
 
@@ -183,7 +181,7 @@ def test_a_search_keeps_the_best_k_trials_weights_and_their_preprocessing(search
     for n in metrics:  # every complete trial records its preprocessing, kept weights or not
         pre = json.loads((run / "trials" / str(n) / "preprocess.json").read_text())
         assert pre["classes"] == list(SHAPES) and pre["size"] == 16 and pre["channels"] == 3
-        assert pre["resize"] == "shorter_side_center_crop" and len(pre["mean"]) == 3
+        assert pre["resize"] == "crop" and pre["filter"] == "bilinear" and len(pre["mean"]) == 3
         assert metrics[n]["preprocess"]["mean"] == pre["mean"]
     # create_model(run=...) before --final-epochs gave the best trial's trained weights: they score its accuracy
     from runners.training.data import load_dataset

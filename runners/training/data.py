@@ -62,6 +62,9 @@ class Dataset:
     std: tuple[float, ...]
     classes: list[str] = field(default_factory=list)
     rows: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    # how a file became an image here (prepared data: resize mode, filter, draft, prepared size), for the
+    # preprocessing record exports carry (search_space.preprocess); empty for data made in memory
+    transform: dict = field(default_factory=dict, repr=False)
 
     @property
     def image_size(self) -> int:
@@ -202,9 +205,11 @@ def dataset_from(prepared: Prepared, config: TrainConfig, size: int | None = Non
         check_fits(len(train_y) + len(val_y) + len(test_y), int(prepared.meta["channels"]), size, "train.image_size")
         train_x, val_x, test_x = (resize(x, size) for x in (train_x, val_x, test_x))
         mean, std = channel_stats(train_x)
+    transform = {"resize": prepared.meta.get("resize", CROP), "filter": prepared.meta.get("filter", FILTER),
+                 "draft": bool(prepared.meta.get("draft", False)), "prepared_size": int(prepared.meta["size"])}
     return Dataset(name=config.dataset, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, test_x=test_x,
                    test_y=test_y, num_classes=len(prepared.classes), channels=int(prepared.meta["channels"]),
-                   mean=mean, std=std, classes=prepared.classes, rows=rows)
+                   mean=mean, std=std, classes=prepared.classes, rows=rows, transform=transform)
 
 
 def _tensor(x: np.ndarray) -> torch.Tensor:
