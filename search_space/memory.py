@@ -72,6 +72,7 @@ def saved_tensors(arch: ModelSpec, batch: int, input_size: int | None = None, in
     stem_w, widths, head_w = model_widths(arch)
     t = Saved(batch, amp, device)
     x = stem_memory(t, dataclasses.replace(arch.stem, width=stem_w), t.input(ci, size, size))
+    t.marks.append(t.saved_bytes)
     total = sum(len(stage_blocks(s)) for s in arch.stages)
     index = 0
     for i, stage in enumerate(arch.stages):
@@ -79,12 +80,20 @@ def saved_tensors(arch: ModelSpec, batch: int, input_size: int | None = None, in
             ctx = BlockContext(arch.downsample, arch.zero_init_last, index, total)
             x = get_block_type(block.type).memory(t, x, widths[i][j], stage.stride if j == 0 else 1, block, ctx)
             index += 1
+        t.marks.append(t.saved_bytes)
     if head_w:
         x = t.conv_bn(x, head_w, 1, act=False)
         x = t.act_clone_(x) if arch.head.act == "silu" else t.act_(x)
     x = t.amax(x) if arch.head.pool == "max" else t.mean(x)
     t.linear(t.dropout(x, arch.head.dropout), nc)
+    t.marks.append(t.saved_bytes)
     return t
+
+
+def saved_by_part(t: Saved) -> list[int]:
+    """Bytes first saved in the stem, each stage and the head (the rows of ``search compile``); they add up to
+    ``t.saved_bytes`` (a storage saved again downstream counts where it was first saved)."""
+    return [b - a for a, b in zip([0, *t.marks], t.marks)]
 
 
 def architecture_memory(arch: ModelSpec, batch: int, input_size: int | None = None, in_channels: int | None = None,

@@ -54,12 +54,13 @@ class Saved:
     weight_copy_bytes: int = 0
     bias_copy_bytes: int = 0
     buffer_bytes: int = 0
+    marks: list[int] = field(default_factory=list)  # saved_bytes after the stem, each stage and the head
 
     # -- bookkeeping ------------------------------------------------------------------------------------------
 
     @property
     def saved_bytes(self) -> int:
-        return sum(self.storages[s] for s in self.saved)
+        return sum(self.storages[s] for s in self.saved)  # a set of at most a few thousand ids: one sum per call
 
     def new(self, c: int, h: int, w: int, nbytes: int, batch: int | None = None) -> Act:
         sid = len(self.storages)
