@@ -50,9 +50,9 @@ def main() -> int:
 
     import torch
 
-    from runners.optuna_engine import run_search
-    from runners.progress import Progress
-    from runners.ray_engine import connect, run_ray_search
+    from runners.search.optuna_engine import run_search
+    from runners.common.progress import Progress
+    from runners.search.ray_engine import connect, run_ray_search
     from search_space.spec import parse_spec
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -3,7 +3,7 @@ training curves a fidelity audit recorded, with no new training.
 
 ``search fidelity`` trains a random sample of a space's architectures with a long schedule and keeps each run's
 validation accuracy after every epoch (``models/<i>/long-e<E>-s<seed>.json``). Drawing those architectures in a
-random order and applying ``runners.mo_pruning.should_stop`` at chosen rungs gives, in milliseconds, what a
+random order and applying ``runners.search.mo_pruning.should_stop`` at chosen rungs gives, in milliseconds, what a
 val_accuracy x params search would have done: its Pareto front and hypervolume at an epoch budget, with and
 without pruning. It decides rungs and reduction factors; ``search_efficiency.py --multi-objective`` then checks
 the choice with real searches, whose architectures (TPE's, not the audit's) are new to it.
@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_efficiency import hypervolume_2d  # noqa: E402
 
-from runners.mo_pruning import should_stop  # noqa: E402
+from runners.search.mo_pruning import should_stop
 
 CONFIGS = (((2,), 2), ((2,), 3), ((2,), 4), ((3,), 3), ((2, 6), 2), ((2, 6), 3), ((2, 4, 8), 2))
 

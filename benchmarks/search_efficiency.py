@@ -8,7 +8,7 @@
    the search, not its own proxy score. The per-seed pairs are compared with the Wilcoxon signed-rank test
    (scipy), whose p-value is printed.
 2. **Several objectives** (``--multi-objective``; item 4): val_accuracy x params, with and without pruning by
-   non-dominated rank (``runners.mo_pruning``), each search at the same ``--budget-epochs`` (the pruned one
+   non-dominated rank (``runners.search.mo_pruning``), each search at the same ``--budget-epochs`` (the pruned one
    starts more trials with the epochs it saves): the hypervolume of each search's Pareto front (error and
    params / max params, reference point (1, 1)) at that budget, and the epochs the pruned search needed to reach
    the unpruned search's final hypervolume. Pruning pays only when a pruned trial saves most of its epochs: use a
@@ -43,14 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from runners.fidelity_stats import seeds_needed  # noqa: E402
-from runners.optuna_engine import SearchRun  # noqa: E402
-from runners.progress import Progress  # noqa: E402
-from runners.signals import die_with_parent, failed_processes, processes_beside  # noqa: E402
-from runners.train import cpu_threads  # noqa: E402
+from runners.audit.stats import seeds_needed
+from runners.search.optuna_engine import SearchRun
+from runners.common.progress import Progress
+from runners.common.signals import die_with_parent, failed_processes, processes_beside
+from runners.training.device import cpu_threads
 from search_space.spec import dump_spec, load_spec  # noqa: E402
 
-# How a sampler's startup trials are seeded (runners.optuna_engine.PerTrialSeed): since f329d1a they are the
+# How a sampler's startup trials are seeded (runners.search.rules.PerTrialSeed): since f329d1a they are the
 # trials random search draws at the same seed. Rows recorded before drew them from another seed.
 STARTUP = "shared with random search"
 
@@ -62,7 +62,7 @@ def epochs_spent(study) -> int:
 def open_search(spec, sampler: str, pruner: str, seed: int, out: Path, verbose: bool, **search_changes):
     """A search with no trial limit (:func:`spend` stops it at a budget), whose sampler starts randomly for as
     many trials as the space's own trial count gives it."""
-    from runners.optuna_engine import startup_trials
+    from runners.search.rules import startup_trials
 
     search = dataclasses.replace(spec.search, sampler=sampler, pruner=pruner, seed=seed, storage=None,
                                  warm_start=[], workers=1, final_epochs=None, trials=10**6,
@@ -98,7 +98,7 @@ class Judge:
     often return the same architecture."""
 
     def __init__(self, factor: int, seeds: int = 1):
-        from runners.trial import DataCache
+        from runners.search.trial import DataCache
 
         self.factor, self.seeds, self.data, self.cache = factor, seeds, DataCache(), {}
 
@@ -110,7 +110,7 @@ class Judge:
         return statistics.mean(self.one(arch, seed) for seed in range(self.seeds))
 
     def one(self, arch, k: int) -> float:
-        from runners.train import train
+        from runners.training.loop import train
 
         # a plain complete schedule, as the audit's truth: a restart is a search device (for a rung), not the truth
         config = dataclasses.replace(arch.train, epochs=arch.train.epochs * self.factor, restart_epochs=[])
@@ -127,7 +127,7 @@ def candidate_spec(spec, pruner: str | None, rung: int | None, restart: bool):
     """The space with a candidate default search: ``pruner`` replaces its pruner, ``rung`` its first rung
     (search.pruner_min_epochs), and ``restart`` restarts the schedule there for both methods (a recipe setting,
     so random search trains the same schedule). The name says what changed."""
-    from runners.optuna_engine import first_rung, warmup_end
+    from runners.search.rules import first_rung, warmup_end
 
     search = dataclasses.replace(spec.search, **{k: v for k, v in (("pruner", pruner), ("pruner_min_epochs", rung))
                                                  if v})
@@ -207,7 +207,7 @@ def worker_prefix(args) -> str:
 def run_shares(methods: list[str], args, done: dict, settings: dict, one) -> dict | None:
     """Run ``one(method index, method, seed)`` for every search this process takes (:func:`my_share`), and
     record and print each result (``one`` returns the row's figures and the line's text). With ``--workers N``,
-    N - 1 more processes of this script do the same beside the first (:func:`runners.signals.processes_beside`);
+    N - 1 more processes of this script do the same beside the first (:func:`runners.common.signals.processes_beside`);
     the first waits for them, runs what a worker that failed left, and returns every recorded row of this
     comparison, for its summary (None in a worker)."""
     import torch
@@ -363,7 +363,7 @@ def pruned_spec(spec, rung: int | None, restart: bool):
     """The pruned arm's spec and name: ``rung`` moves the cut (search.pruner_min_epochs); ``restart`` makes the
     schedule restart there (train.restart_epochs), so the cut reads a complete short run. The unpruned arm keeps
     the space's recipe: without a cut a restart buys nothing."""
-    from runners.optuna_engine import max_epochs, mo_rungs, warmup_end
+    from runners.search.rules import max_epochs, mo_rungs, warmup_end
 
     if rung:
         spec = dataclasses.replace(spec, search=dataclasses.replace(spec.search, pruner_min_epochs=rung))

@@ -40,10 +40,10 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 from mo_pruning_replay import load_curves  # noqa: E402
 
-from runners.fidelity_stats import seeds_needed  # noqa: E402
+from runners.audit.stats import seeds_needed
 
 FIRST_RUNGS = (2, 3, 4)  # search.pruner_min_epochs
-ETA = 3                  # runners.optuna_engine.make_pruner's reduction factor
+ETA = 3                  # runners.search.optuna_engine.make_pruner's reduction factor
 
 
 def rungs_of(first: int, epochs: int, eta: int = ETA) -> tuple[int, ...]:

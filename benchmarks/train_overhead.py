@@ -1,4 +1,4 @@
-"""How much does ``runners.train.train`` cost over a minimal hand-written PyTorch loop?
+"""How much does ``runners.training.loop.train`` cost over a minimal hand-written PyTorch loop?
 
 Both train the same small ResNet (plain ``torch.nn``, so this does not depend on the compiler) on the same
 uint8 synthetic 3x32x32 training rows, with the same batch size, optimiser (Nesterov SGD, weight decay), label
@@ -23,8 +23,8 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
-from runners.data import load_dataset
-from runners.train import train
+from runners.training.data import load_dataset
+from runners.training.loop import train
 from search_space.config import TrainConfig
 
 

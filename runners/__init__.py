@@ -1,7 +1,12 @@
-"""Proxy training: datasets held on the device (:mod:`runners.data`), the training loop (:mod:`runners.train`),
-the ``search train`` command (:mod:`runners.train_cli`) and a dependency-free progress printer
-(:mod:`runners.progress`).
+"""Everything that runs an architecture, one subpackage per concern, each importing only those listed before it:
 
-Nothing is re-exported here on purpose: ``from .train import train`` would make ``runners.train`` name the
-function instead of the module. Import from the modules: ``from runners.train import train``.
+- :mod:`runners.common`: the progress printer and stop signals / worker processes every command shares;
+- :mod:`runners.training`: proxy training: datasets (:mod:`~runners.training.data`), the device
+  (:mod:`~runners.training.device`), the training loop (:mod:`~runners.training.loop`) and ``search train``;
+- :mod:`runners.search`: a search: the trial core, records and results, storages, the rules both engines share,
+  the Optuna and Ray Tune engines and ``search run`` / ``search show``;
+- :mod:`runners.audit`: the proxy-fidelity audit (``search fidelity``);
+- :mod:`runners.report`: the HTML report of a finished search (``search report``).
+
+Nothing is re-exported: import from the modules (``from runners.training.loop import train``).
 """

@@ -16,8 +16,8 @@ from pathlib import Path
 from .schema import SpecError, check_field, one_line
 
 # Subcommands that live with their concept: module path -> (add_parser, run) by convention.
-EXTERNAL_COMMANDS = ("runners.train_cli", "runners.search_cli", "runners.report_cli", "search_space.export",
-                     "search_space.json_schema", "runners.fidelity_cli")
+EXTERNAL_COMMANDS = ("runners.training.cli", "runners.search.cli", "runners.report.cli", "search_space.export",
+                     "search_space.json_schema", "runners.audit.cli")
 
 
 def fmt_int(n: int) -> str:
@@ -200,11 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("validate", help="check a spec and say what it is")
-    p.add_argument("spec")
+    p.add_argument("spec", help="a spec file (a search space or an architecture)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("compile", help="build an architecture and print its per-stage table")
-    p.add_argument("spec")
+    p.add_argument("spec", help="an architecture file (or a space, with --sample)")
     p.add_argument("--input-size", type=int, help="input height = width (default: the spec's input_size)")
     p.add_argument("--in-channels", type=int, help="input channels (default: the spec's, or 3)")
     p.add_argument("--num-classes", type=int, help="classes (default: the spec's, or 1000)")
@@ -218,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("sample", help="draw one architecture from a search space")
-    p.add_argument("space")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("space", help="a search space file")
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed: one seed, one architecture")
     p.add_argument("-o", "--output", help="write the architecture YAML here (default: stdout)")
     p.set_defaults(func=cmd_sample)
 

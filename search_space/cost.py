@@ -7,12 +7,16 @@ The same walk checks that the architecture can be built (widths divisible by gro
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 from dataclasses import dataclass, field
 
 from .blocks import BlockContext, get_block_type
 from .blocks.layers import Counter, conv_bn_cost, pool_out
 from .schema import SpecError
-from .spec import ModelSpec, StageSpec, choices_in
+from .schema import choices_in
+
+if TYPE_CHECKING:  # annotations only: the spec module imports this one to check an architecture's size
+    from .spec import ModelSpec, StageSpec
 
 
 @dataclass

@@ -393,3 +393,17 @@ def to_yaml(value: Any, skip_defaults: bool = False) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_yaml(v, skip_defaults) for v in value]
     return value
+
+
+def choices_in(value: Any, path: str = "") -> list[str]:
+    """Paths of the choices left anywhere in a spec tree."""
+    if is_choice(value):
+        return [path]
+    found = []
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            found += choices_in(getattr(value, f.name), f"{path}.{f.name}" if path else f.name)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += choices_in(v, f"{path}.{i}")
+    return found

@@ -20,6 +20,7 @@ import yaml
 from .config import SearchConfig, TrainConfig, check_search, check_train
 from .schema import (
     Categorical,
+    choices_in,
     SpecError,
     _fmt,
     check_value,
@@ -178,20 +179,6 @@ class Spec:
 
 # Architecture is a fixed ModelSpec: the same schema with no choices left.
 Architecture = ModelSpec
-
-
-def choices_in(value: Any, path: str = "") -> list[str]:
-    """Paths of the choices left anywhere in a spec tree."""
-    if is_choice(value):
-        return [path]
-    found = []
-    if dataclasses.is_dataclass(value):
-        for f in dataclasses.fields(value):
-            found += choices_in(getattr(value, f.name), f"{path}.{f.name}" if path else f.name)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found += choices_in(v, f"{path}.{i}")
-    return found
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from runners.data import clear_cache, load_dataset, resize, stratified_split
+from runners.training.data import clear_cache, load_dataset, resize, stratified_split
 from search_space.config import TrainConfig
 from search_space.schema import SpecError
 

@@ -25,12 +25,14 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-import runners.optuna_engine as engine
-import runners.trial as trial_core
-from runners.optuna_engine import make_pruner, records_from_study, trial_counts, warmup_end
-from runners.results import ranked
-from runners.storage import (RunLock, _process_started, masked, process_alive, storage_url, without_password)
-from runners.train import is_oom
+import runners.search.optuna_engine as engine
+import runners.search.trial as trial_core
+from runners.search.optuna_engine import make_pruner
+from runners.search.records import records_from_study, trial_counts
+from runners.search.rules import max_epochs, warmup_end
+from runners.search.records import ranked
+from runners.search.storage import RunLock, _process_started, masked, process_alive, storage_url, without_password
+from runners.training.device import is_oom
 from search_space.schema import SpecError
 from search_space.spec import load_spec
 from test_search import ENV, LR_ONLY, ROOT, command, load, one_thread, run, wait_for, write_space  # noqa: F401
@@ -120,7 +122,7 @@ def test_the_loop_waits_for_a_live_worker_instead_of_exiting_then_retries_its_tr
 def test_a_worker_on_another_host_that_stopped_beating_is_retried(tmp_path):
     from optuna.storages import RDBStorage
 
-    from runners.storage import recover_lost_trials
+    from runners.search.storage import recover_lost_trials
 
     storage = RDBStorage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(study_name="s", storage=storage)
@@ -138,8 +140,8 @@ def test_a_worker_on_another_host_that_stopped_beating_is_retried(tmp_path):
 def test_on_a_journal_file_a_worker_on_another_host_that_stopped_beating_is_retried(tmp_path, monkeypatch):
     """A journal file has no heartbeats of its own: workers renew a ``beat`` attribute, and a trial whose worker
     on another host fell silent for GRACE_S is failed as lost and retried, while a beating one is left alone."""
-    import runners.storage as storage_module
-    from runners.storage import heartbeat, recover_lost_trials
+    import runners.search.storage as storage_module
+    from runners.search.storage import heartbeat, recover_lost_trials
 
     monkeypatch.setattr(storage_module, "HEARTBEAT_S", 0.2)
     monkeypatch.setattr(storage_module, "GRACE_S", 2)
@@ -164,7 +166,7 @@ def test_on_a_journal_file_a_worker_on_another_host_that_stopped_beating_is_retr
 def test_search_run_on_a_journal_file_retries_a_silent_remote_worker_and_finishes(tmp_path, monkeypatch):
     """End to end: a study whose only missing trial is held by a worker on another host that stopped beating;
     `search run` waits past the grace period, fails it as lost, runs it again and reaches --trials."""
-    import runners.storage as storage_module
+    import runners.search.storage as storage_module
 
     monkeypatch.setattr(storage_module, "GRACE_S", 3)
     log = tmp_path / "j.log"
@@ -563,7 +565,7 @@ def test_a_missing_postgres_driver_is_named_with_its_install_command(tmp_path, m
     command, not SQLAlchemy's ModuleNotFoundError (and without the password)."""
     import sys
 
-    from runners.storage import open_storage
+    from runners.search.storage import open_storage
 
     monkeypatch.setitem(sys.modules, "psycopg", None)  # an import of it now raises ImportError, as if absent
     with pytest.raises(SpecError) as info:
@@ -589,7 +591,7 @@ def test_shipped_spaces_never_prune_on_warmup_accuracy(path):
     if spec.search.pruner == "none":
         return
     assert spec.search.pruner_min_epochs >= warmup_end(spec), "say it in the file, too"
-    pruner, _ = make_pruner(spec.search, engine.max_epochs(spec), ["val_accuracy"], warmup_end(spec))
+    pruner, _ = make_pruner(spec.search, max_epochs(spec), ["val_accuracy"], warmup_end(spec))
     first = getattr(pruner, "_min_resource", None) or getattr(pruner, "_n_warmup_steps", None)
     assert first >= warmup_end(spec)
 
@@ -661,7 +663,7 @@ def test_worker_processes_stop_when_the_block_fails_and_a_failed_one_is_named():
     workers stops them rather than leaving them to run on; a worker's non-zero exit is reported by index."""
     import sys
 
-    from runners.signals import failed_processes, processes_beside
+    from runners.common.signals import failed_processes, processes_beside
 
     with pytest.raises(RuntimeError):
         with processes_beside(time.sleep, lambda i: (60,), 2) as children:

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-import runners.train
-from runners.fidelity import Audit, draw_architectures, plan_runs
-from runners.progress import Progress
+import runners.training.loop
+from runners.audit.fidelity import Audit, draw_architectures, plan_runs
+from runners.common.progress import Progress
 from search_space.spec import load_spec
 
 from conftest import ROOT
@@ -43,7 +43,7 @@ def test_plan_runs_proxies_first_then_long_runs_seed_by_seed():
 
 
 def test_audit_resumes_after_interruption(tmp_path, monkeypatch, single_thread):
-    real_train = runners.train.train
+    real_train = runners.training.loop.train
     calls = []
 
     def interrupted_after_four(*args, **kwargs):
@@ -52,7 +52,7 @@ def test_audit_resumes_after_interruption(tmp_path, monkeypatch, single_thread):
             raise KeyboardInterrupt  # as a Ctrl-C (or a kill) in the middle of the fifth run
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(runners.train, "train", interrupted_after_four)
+    monkeypatch.setattr(runners.training.loop, "train", interrupted_after_four)
     quiet = Progress(tty=False, stream=io.StringIO())
     with pytest.raises(KeyboardInterrupt):
         Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=2, progress=quiet).run()
@@ -62,7 +62,7 @@ def test_audit_resumes_after_interruption(tmp_path, monkeypatch, single_thread):
     before = {p: (tmp_path / p).read_text() for p in done}
 
     calls.clear()
-    monkeypatch.setattr(runners.train, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    monkeypatch.setattr(runners.training.loop, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
     report = Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=2, progress=quiet).run()
     assert len(calls) == 5  # only the runs not finished before the interruption
     assert {p: (tmp_path / p).read_text() for p in done} == before

@@ -2,7 +2,7 @@
 
 import torch
 
-from runners.data import _load_source, grouped_split, load_dataset, stratified_split
+from runners.training.data import _load_source, grouped_split, load_dataset, stratified_split
 from search_space.config import TrainConfig
 
 

@@ -6,8 +6,9 @@ import pytest
 
 import numpy as np
 
-from runners.fidelity_stats import (agreement, bootstrap_interval, fidelity_report, kendall, kendall_rows, regret,
-                                    search_headroom, seeds_needed, spearman, spearman_rows, top_k_overlap)
+from runners.audit.stats import (
+    agreement, bootstrap_interval, fidelity_report, kendall, kendall_rows, regret, search_headroom, seeds_needed,
+    spearman, spearman_rows, top_k_overlap)
 
 # five architectures: the predictor ranks them 1..5, the truth swaps two neighbouring pairs
 PREDICTOR = [1.0, 2.0, 3.0, 4.0, 5.0]

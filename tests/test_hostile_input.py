@@ -568,7 +568,7 @@ def test_readme_says_what_is_required():
 
 def test_train_and_search_flags_keep_their_field_limits():
     """Flags are checked with the spec fields' rules, so the limits cannot be bypassed from the command line."""
-    from runners.search_cli import apply_overrides
+    from runners.search.cli import apply_overrides
 
     spec = load_spec(GOOD)
     with pytest.raises(SpecError) as info:

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from runners.mo_pruning import (crowding_distances, dominates, keep_count, nondominated_ranks, order, rungs,
-                                should_stop)
+from runners.search.mo_pruning import (
+    crowding_distances, dominates, keep_count, nondominated_ranks, order, rungs, should_stop)
 
 from conftest import write_space
 
@@ -68,7 +68,7 @@ def test_rungs():
 
 def test_several_objectives_are_cut_once_at_the_first_epoch_after_warmup():
     """A second rung keeps a ninth of the trials, too few for a front: the engines cut once."""
-    from runners.optuna_engine import mo_rungs
+    from runners.search.rules import mo_rungs
     from search_space.config import SearchConfig
 
     two = ["val_accuracy", "params"]
@@ -86,8 +86,8 @@ def test_a_multi_objective_search_prunes_by_nondominated_rank(tmp_path, single_t
     import optuna
     from optuna.trial import TrialState
 
-    from runners.optuna_engine import run_search
-    from runners.progress import Progress
+    from runners.search.optuna_engine import run_search
+    from runners.common.progress import Progress
     from search_space.spec import load_spec
 
     path = write_space(tmp_path, train__epochs=3, search__trials=6, search__pruner="successive_halving",

@@ -87,11 +87,11 @@ def test_local_ray_search_prunes_records_a_failing_trial_and_writes_the_same_res
 
 
 def test_nondominated_rank_scheduler_decides_as_the_optuna_engine():
-    """The Ray scheduler for several objectives applies runners.mo_pruning.should_stop at its rungs: a trial
+    """The Ray scheduler for several objectives applies runners.search.mo_pruning.should_stop at its rungs: a trial
     dominated at its cost by the earlier trials at the rung is stopped, one on the front continues, and outcomes
     and epochs that are no rung are never stopped."""
-    from runners.mo_pruning import should_stop
-    from runners.ray_engine import NondominatedRankScheduler, make_scheduler
+    from runners.search.mo_pruning import should_stop
+    from runners.search.ray_engine import NondominatedRankScheduler, make_scheduler
     from search_space.config import SearchConfig
 
     scheduler, name = make_scheduler(SearchConfig(pruner="successive_halving", pruner_min_epochs=1), 4,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from runners import edf as E
-from runners.report import pareto_mask, write_report
+from runners.report import edf as E
+from runners.report.page import pareto_mask, write_report
 from search_space.cli import main
 
 from conftest import write_space
@@ -98,8 +98,8 @@ def test_pareto_mask_by_hand():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from runners.optuna_engine import run_search
-    from runners.progress import Progress
+    from runners.search.optuna_engine import run_search
+    from runners.common.progress import Progress
     from search_space.spec import load_spec
 
     tmp = tmp_path_factory.mktemp("report")

@@ -22,8 +22,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from runners.progress import Progress
-from runners.optuna_engine import run_search, trial_counts
+from runners.common.progress import Progress
+from runners.search.optuna_engine import run_search
+from runners.search.records import trial_counts
 from search_space.api import create_model
 from search_space.cli import main
 from search_space.compiler import build_model
@@ -87,7 +88,7 @@ def test_run_writes_trials_table_and_best(tmp_path, capsys):
     size = best.model.input_size
     assert create_model(run=out).eval()(torch.zeros(2, 1, size, size)).shape == (2, 10)
     # a trial whose arch.yaml is elsewhere (run on another machine) is rebuilt from its params, shape included
-    from runners.results import records_from_files, trial_spec
+    from runners.search.results import records_from_files, trial_spec
 
     (out / "trials" / str(winner.number) / "arch.yaml").rename(tmp_path / "elsewhere.yaml")
     record = next(r for r in records_from_files(out) if r.number == winner.number)
@@ -186,7 +187,7 @@ def test_multi_objective_gives_a_pareto_set(tmp_path):
     front = {t.number for t in study.best_trials}
     assert front and sorted(front) == summary["pareto"]
     assert sorted(p.name for p in (out / "pareto").iterdir()) == sorted(f"trial_{n}.yaml" for n in front)
-    assert "note: pruning" not in log  # several objectives prune by non-dominated rank (runners.mo_pruning)
+    assert "note: pruning" not in log  # several objectives prune by non-dominated rank (runners.search.mo_pruning)
 
 
 @pytest.mark.parametrize("sampler,pruner", [("tpe", "hyperband"), ("gp", "successive_halving")])
@@ -200,7 +201,7 @@ def test_model_based_samplers_run(tmp_path, sampler, pruner):
 def test_model_based_samplers_start_with_the_trials_random_search_draws_at_that_seed():
     """Common random numbers: at one seed, TPE's and GP's startup trials are random search's first trials, so a
     paired comparison of samplers (benchmarks/search_efficiency.py) differs only in what the sampler learned."""
-    from runners.optuna_engine import PerTrialSeed, make_sampler
+    from runners.search.rules import PerTrialSeed, make_sampler
     from search_space.sampling import InfeasibleSample
 
     space = load_spec(ROOT / "spaces" / "resnest.yaml")
@@ -262,7 +263,7 @@ def test_warm_start_runs_listed_architectures_first(tmp_path):
     assert second.user_attrs["warm_start"].endswith("outside.yaml") and not second.user_attrs["in_space"]
     got = load_spec(out / "trials/1/arch.yaml").model
     assert got.stem.width == 12 and got.stages[0].width == 24 and got.input_size == 8  # trained at the run's size
-    from runners.results import records_from_files, trial_spec  # rebuilt without its arch.yaml: the same
+    from runners.search.results import records_from_files, trial_spec
 
     (out / "trials/1/arch.yaml").rename(tmp_path / "elsewhere.yaml")
     assert trial_spec(load_spec(path), out, next(r for r in records_from_files(out) if r.number == 1)).model == got

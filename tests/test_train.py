@@ -12,9 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from runners.data import load_dataset
-from runners.progress import Progress, bar, count, duration
-from runners.train import Augment, LRSchedule, TrainResult, make_optimizer, resolve_device, train
+from runners.training.data import load_dataset
+from runners.common.progress import Progress, bar, count, duration
+from runners.training.loop import Augment, LRSchedule, TrainResult, make_optimizer, train
+from runners.training.device import resolve_device
 from search_space.config import TrainConfig
 from search_space.schema import SpecError
 
@@ -179,9 +180,9 @@ def test_exceptions_from_the_callback_propagate(digits):
 
 
 def test_on_step_reports_progress_within_an_epoch(digits, monkeypatch):
-    import runners.train
+    import runners.training.loop
 
-    monkeypatch.setattr(runners.train, "ON_STEP_INTERVAL", 0.0)
+    monkeypatch.setattr(runners.training.loop, "ON_STEP_INTERVAL", 0.0)
     ticks = []
     train(small_cnn(), FAST, data=digits, on_step=lambda *a: ticks.append(a))
     steps = len(digits.train_y) // FAST.batch_size

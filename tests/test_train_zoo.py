@@ -2,7 +2,7 @@
 
 import pytest
 
-from runners.train import train
+from runners.training.loop import train
 from search_space.spec import load_spec
 
 

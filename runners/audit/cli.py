@@ -1,4 +1,4 @@
-"""``search fidelity SPACE.yaml``: the command-line face of :mod:`runners.fidelity`."""
+"""``search fidelity SPACE.yaml``: the command-line face of :mod:`runners.audit.fidelity`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from search_space.schema import SpecError, check_value, hints
 def cmd_fidelity(args) -> int:
     import torch
 
-    from .fidelity import run_fidelity
-    from .train import cpu_threads
+    from runners.audit.fidelity import run_fidelity
+    from runners.training.device import cpu_threads
 
     if args.threads is not None and args.threads < 1:
         raise SpecError("--threads", f"{args.threads} must be at least 1")

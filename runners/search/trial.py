@@ -199,7 +199,7 @@ class DataCache:
         self._cache: dict = {}
 
     def get(self, config, size: int):
-        from runners.data import load_dataset
+        from runners.training.data import load_dataset
 
         key = (config.dataset, config.data_dir, size, config.val_fraction, config.test_fraction,
                config.train_fraction, config.seed, config.synthetic_samples, config.synthetic_classes,
@@ -245,7 +245,7 @@ class Evaluator:
         self.worker = worker
         self.objectives = list(spec.search.objectives)
         self.prune = spec.search.pruner != "none" and (self.objectives == ["val_accuracy"] or (
-            len(self.objectives) > 1 and "val_accuracy" in self.objectives))  # several: runners.mo_pruning
+            len(self.objectives) > 1 and "val_accuracy" in self.objectives))  # several: runners.search.mo_pruning
         self.image_size = fixed_image_size(spec)
 
     def evaluate(self, number: int, suggest, hooks: TrialHooks, warm: Optional[str] = None,
@@ -282,7 +282,7 @@ class Evaluator:
         try:
             data = self.data.get(sampled.train, size)  # a SpecError here is bad input: the engine stops on it
         except (MemoryError, RuntimeError) as e:
-            from runners.train import is_oom
+            from runners.training.device import is_oom
 
             if not is_oom(e):
                 raise
@@ -325,7 +325,7 @@ class Evaluator:
 
     def _over_budget(self, hooks: TrialHooks, cost) -> str:
         """Set the budget constraints (samplers learn the boundary); the reason when a budget is exceeded."""
-        from .progress import count
+        from runners.common.progress import count
 
         reasons = []
         for key, value, limit in (("max_params", cost.params, self.spec.search.max_params),
@@ -339,7 +339,7 @@ class Evaluator:
 
     def _train(self, number: int, sampled: Spec, data, size: int, cost, hooks: TrialHooks, info: dict,
                end: Callable[..., Outcome]) -> Outcome:
-        from runners.train import train
+        from runners.training.loop import train
 
         epochs = sampled.train.epochs
         hooks.epochs = epochs  # the engine may treat the last epoch differently (Ray's final report carries it)

@@ -17,7 +17,7 @@ from search_space.cli import writable_dir
 from search_space.config import DATASETS, TrainConfig
 from search_space.schema import SpecError, check_value
 
-from .progress import Progress, bar, count, duration
+from runners.common.progress import Progress, bar, count, duration
 
 # flag -> TrainConfig field it overrides
 OVERRIDES = {"dataset": "dataset", "data_dir": "data_dir", "epochs": "epochs", "batch_size": "batch_size",
@@ -50,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
     Bad input raises :class:`SpecError`, which the ``search`` command turns into exit code 2."""
     from search_space.spec import choices_in, load_spec
 
-    from .data import load_dataset
-    from .train import cpu_threads, resolve_device, save_run, train
-    from .trial import with_io
+    from runners.training.data import load_dataset
+    from runners.training.device import cpu_threads, resolve_device
+    from runners.training.loop import save_run, train
+    from runners.search.trial import with_io
 
     spec = load_spec(args.arch)
     if not spec.is_fixed():

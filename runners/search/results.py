@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -19,68 +18,9 @@ from search_space.sampling import FixedSuggester, resolve_dataclass, sample
 from search_space.schema import SpecError
 from search_space.spec import Spec, dump_spec, load_spec
 
-from .progress import Progress, count, duration
-from .trial import DataCache, direction, fixed_image_size, trial_dir, trial_name, with_io, write_text
-
-FINISHED = ("complete", "pruned", "failed")
-
-
-@dataclass
-class TrialRecord:
-    """One trial as the results see it. ``state``: complete | pruned | failed | running | waiting; ``attrs``:
-    what the trial recorded (params, macs, blocks, val_accuracy, seconds, epochs, status, reason, ...);
-    ``counted``: False for a lost trial that was retried under another number."""
-
-    number: int
-    state: str
-    values: Optional[list[float]] = None
-    params: dict = field(default_factory=dict)
-    attrs: dict = field(default_factory=dict)
-    counted: bool = True
-
-
-@dataclass
-class Counts:
-    done: int  # finished trials that count toward search.trials (a retried lost trial does not)
-    running: int
-    waiting: int
-    complete: int
-    pruned: int
-    failed: int
-    best: Optional[float]  # best first objective among complete trials
-
-
-def counts(records: list[TrialRecord], objectives: list[str]) -> Counts:
-    finished = [r for r in records if r.state in FINISHED and r.counted]
-    by = {s: sum(r.state == s for r in finished) for s in FINISHED}
-    values = [r.values[0] for r in records if r.state == "complete" and r.values]
-    maximize = direction(objectives[0]) == "maximize"
-    return Counts(done=len(finished), running=sum(r.state == "running" for r in records),
-                  waiting=sum(r.state == "waiting" for r in records), complete=by["complete"],
-                  pruned=by["pruned"], failed=by["failed"],
-                  best=(max(values) if maximize else min(values)) if values else None)
-
-
-def ranked(records: list[TrialRecord], objectives: list[str]) -> list[TrialRecord]:
-    """Complete trials, best first on the first objective (ties: fewer params, then the earlier trial)."""
-    done = [r for r in records if r.state == "complete" and r.values]
-    sign = -1 if direction(objectives[0]) == "maximize" else 1
-    return sorted(done, key=lambda r: (sign * r.values[0], r.attrs.get("params", 0), r.number))
-
-
-def pareto_front(records: list[TrialRecord], objectives: list[str]) -> list[TrialRecord]:
-    """Complete trials no other complete trial dominates (all objectives at least as good, one better)."""
-    if len(objectives) < 2:
-        return []
-    signs = [-1 if direction(o) == "maximize" else 1 for o in objectives]
-    done = [r for r in records if r.state == "complete" and r.values and len(r.values) == len(objectives)]
-    keys = {r.number: [s * v for s, v in zip(signs, r.values)] for r in done}
-
-    def dominates(a, b):
-        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
-
-    return sorted((r for r in done if not any(dominates(keys[o.number], keys[r.number]) for o in done)),
-                  key=lambda r: r.number)
+from runners.common.progress import Progress, count, duration
+from runners.search.records import Counts, TrialRecord, counts, pareto_front, ranked
+from runners.search.trial import DataCache, fixed_image_size, trial_dir, trial_name, with_io, write_text
 
 
 def results_table(records: list[TrialRecord], objectives: list[str], top: int = 10) -> str:
@@ -183,7 +123,7 @@ def final_training(records: list[TrialRecord], spec: Spec, out: Path, number: in
                    data: DataCache, progress: Progress) -> Optional[dict]:
     """Train the best architecture at full fidelity and score it once on the test split (``final/``: arch.yaml,
     weights.pt and metrics.json, as ``search train`` writes them)."""
-    from runners.train import save_run, train
+    from runners.training.loop import save_run, train
 
     folder = out / "final"
     done = folder / "metrics.json"
@@ -268,7 +208,7 @@ def records_from_files(run_dir: Path) -> list[TrialRecord]:
 def load_records(run_dir: Path, info: dict) -> list[TrialRecord]:
     """The trials of a run, from its engine's own record."""
     if info.get("backend", "optuna") == "optuna":
-        from .optuna_engine import records_from_storage
+        from runners.search.records import records_from_storage
 
         return records_from_storage(info, run_dir)
     return records_from_files(run_dir)
@@ -310,7 +250,7 @@ def trial_line(number: int, state: str, info: dict, prefix: str = "") -> str:
 
 
 def status_head(c: Counts, total: int) -> str:
-    from .progress import bar
+    from runners.common.progress import bar
 
     best = "-" if c.best is None else f"{c.best:.4g}"
     return f"{bar(c.done, total)} trial {min(c.done + 1, total)}/{total}, best {best}"

@@ -16,25 +16,20 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import gc
 import math
-import os
-import random
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from search_space.config import TrainConfig
-from search_space.schema import SpecError
 
-from .data import Dataset, load_dataset
+from runners.training.data import Dataset, load_dataset
+from runners.training.device import free_memory, is_oom, peak_memory_mb, resolve_device, seed_everything
 
 STATUSES = ("ok", "stopped", "diverged", "oom", "error", "interrupted")
 CHECK_EVERY = 16  # steps between finiteness checks of the loss; each check is one host-device sync
@@ -109,7 +104,7 @@ def train(arch_or_model, config: TrainConfig, report: Optional[Report] = None, d
             where = "" if is_module else f" [arch: {describe_arch(arch_or_model)}]"
             state.fail("error", f"{type(e).__name__}: {_first_line(e)}{where}", traceback.format_exc())
     if state.status in ("oom", "diverged", "error"):
-        _free_memory(device)  # after the except blocks, so the traceback's frames no longer pin tensors
+        free_memory(device)  # after the except blocks, so the traceback's frames no longer pin tensors
     state.seconds = time.perf_counter() - start
     return state.result()
 
@@ -474,88 +469,6 @@ def amp_dtype_for(amp: str, device: torch.device) -> Optional[torch.dtype]:
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def cpu_threads(workers: int = 1) -> int:
-    """Torch threads per worker on the CPU: the cores other processes leave idle (by the 1-minute load average),
-    at least one.
-
-    Proxy models are small, so extra threads gain little on an idle machine (about 1.6x from 2 cores) while on a
-    busy one OpenMP's spinning threads stall each other: 2 threads on 2 loaded cores measured 5-10x slower
-    than 1. The load average lags: a run started just after another one ended gets fewer threads, and processes
-    started together on an idle machine each take every core (pass ``--threads``, or use ``--workers N``, which
-    divides the cores). A CPU-time sample taken at start was tried and is no better: it oversubscribes whenever
-    processes start together, which the load average at least avoids on a machine already busy.
-    """
-    cores = os.cpu_count() or 1
-    share = max(1, cores // workers)
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return share
-    return max(1, min(share, int(cores - busy + 0.5) // workers))
-
-
-def resolve_device(choice: torch.device | str | None = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; naming an unavailable device is a SpecError (bad input)."""
-    if isinstance(choice, torch.device):
-        return choice
-    if choice in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(choice)
-    except RuntimeError as e:
-        raise SpecError("train.device", f"{choice!r} is not a device ({e})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SpecError("train.device", "cuda was asked for but torch sees no CUDA device "
-                        "(a CPU-only torch build, or no driver); use auto or cpu")
-    if device.type == "mps" and not _mps_available():
-        raise SpecError("train.device", "mps was asked for but is not available here; use auto or cpu")
-    return device
-
-
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def peak_memory_mb(device: torch.device) -> Optional[float]:
-    """Peak CUDA memory allocated by tensors, else the process's peak resident set size (whole process)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
-
-
-def is_oom(error: BaseException) -> bool:
-    """Out of memory on any device: CUDA's error, Python's MemoryError, or the CPU allocator's RuntimeError
-    ("DefaultCPUAllocator: can't allocate memory")."""
-    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def _free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
 
 
 def describe_arch(arch, limit: int = 300) -> str:

@@ -1,8 +1,8 @@
 """``search run SPACE.yaml`` and ``search show RUN``: the command line of the search engines.
 
-``search run`` picks the engine (``--backend`` or ``search.backend``): :mod:`runners.optuna_engine` (local
-processes, SQLite/journal/RDB storages) or :mod:`runners.ray_engine` (a Ray cluster); both evaluate candidates
-with :mod:`runners.trial` and write results with :mod:`runners.results`.
+``search run`` picks the engine (``--backend`` or ``search.backend``): :mod:`runners.search.optuna_engine` (local
+processes, SQLite/journal/RDB storages) or :mod:`runners.search.ray_engine` (a Ray cluster); both evaluate candidates
+with :mod:`runners.search.trial` and write results with :mod:`runners.search.results`.
 
 Flags override the spec's ``train:`` and ``search:`` values and are checked by the same validator as the spec,
 so ``--trials 0`` fails the way ``trials: 0`` would (exit 2, one line).
@@ -58,7 +58,7 @@ def cmd_run(args) -> int:
         raise SpecError(ray_only[0], "is a Ray Tune option; add --backend ray (or search.backend: ray in the spec)")
     try:
         if spec.search.backend == "ray":
-            from .ray_engine import run_ray_search
+            from runners.search.ray_engine import run_ray_search
 
             summary = run_ray_search(spec, out, spec_path=str(args.space), address=args.address,
                                      gpus_per_trial=args.gpus_per_trial or 0.0,
@@ -67,10 +67,10 @@ def cmd_run(args) -> int:
             if summary.get("interrupted"):
                 raise KeyboardInterrupt
         else:
-            from .optuna_engine import run_search
+            from runners.search.optuna_engine import run_search
 
             summary = run_search(spec, out, spec_path=str(args.space), threads=args.threads)
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (runners.signals.Interrupted): 128 + the signal
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (runners.common.signals.Interrupted): 128 + the signal
         ignore_further_stops()
         print(f"interrupted{f' by {e}' if str(e).startswith('SIG') else ''}; rerun the same command to resume "
               f"(finished trials are kept in {out})", file=sys.stderr)
@@ -84,7 +84,7 @@ def ignore_further_stops() -> None:
     -2) instead of letting it exit with 128 + the signal. CLI only: a library caller keeps its handlers."""
     import signal
 
-    from .signals import HANDLED
+    from runners.common.signals import HANDLED
 
     for s in HANDLED:
         try:
@@ -94,7 +94,7 @@ def ignore_further_stops() -> None:
 
 
 def cmd_show(args) -> int:
-    from .results import show
+    from runners.search.results import show
 
     check_field(args.top, SearchConfig, "top", "--top")  # 0 or -1 would silently print another number of rows
     print(show(args.run, top=args.top))

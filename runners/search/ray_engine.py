@@ -29,9 +29,10 @@ from search_space.sampling import FixedSuggester, resolve_dataclass, sample, war
 from search_space.schema import SpecError
 from search_space.spec import Spec
 
-from .progress import Progress
-from .results import counts, final_training, records_from_files, status_head, trial_line, write_results
-from .trial import DataCache, Evaluator, TrialHooks, direction, write_json, write_trial
+from runners.common.progress import Progress
+from runners.search.records import counts
+from runners.search.results import final_training, records_from_files, status_head, trial_line, write_results
+from runners.search.trial import DataCache, Evaluator, TrialHooks, direction, write_json, write_trial
 
 EXPERIMENT = "ray"  # the experiment's folder under storage_path
 META = "__"  # config keys that are not sampled parameters start with this
@@ -73,7 +74,7 @@ def make_searcher(spec: Spec, objectives: list[str], seed: int):
     """Ray's ``OptunaSearch`` over the define-by-run space, with the Optuna engine's sampler."""
     from ray.tune.search.optuna import OptunaSearch
 
-    from .optuna_engine import make_sampler
+    from runners.search.rules import make_sampler
 
     class SpaceSearch(OptunaSearch):
         """OptunaSearch that records our outcomes: complete trials with their objectives, our pruned and
@@ -120,7 +121,7 @@ def make_scheduler(search: SearchConfig, epochs: int, objectives: list[str], fir
     of warmup, before which accuracy ranks nothing, so no rung lies there."""
     from ray.tune.schedulers import ASHAScheduler, AsyncHyperBandScheduler, FIFOScheduler, MedianStoppingRule
 
-    from .optuna_engine import MO_REDUCTION_FACTOR, first_rung, mo_rungs
+    from runners.search.rules import MO_REDUCTION_FACTOR, first_rung, mo_rungs
 
     if search.pruner != "none" and len(objectives) > 1 and "val_accuracy" in objectives:
         rungs = mo_rungs(search, epochs, objectives, first_epoch)
@@ -150,7 +151,7 @@ except ImportError:  # Ray is optional: run_ray_search says how to install it
 class NondominatedRankScheduler(_FIFOScheduler):
     """Successive halving by non-dominated rank for several objectives on Ray (Ray's own schedulers read one
     metric): at each rung epoch a trial's (accuracy, params/MACs) point is compared with every trial that reached
-    that rung before it, by the same rule as the Optuna engine (:func:`runners.mo_pruning.should_stop`), and the
+    that rung before it, by the same rule as the Optuna engine (:func:`runners.search.mo_pruning.should_stop`), and the
     trial is stopped unless it is among the best ``max(1, n // eta)``. Costs are known before training (the
     worker sends them with each report); latency is not, so MACs stand in for it."""
 
@@ -160,7 +161,7 @@ class NondominatedRankScheduler(_FIFOScheduler):
         self.points: dict[int, list[list[float]]] = {r: [] for r in rungs}
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        from runners.mo_pruning import should_stop
+        from runners.search.mo_pruning import should_stop
 
         epoch = result.get("epoch")
         if "state" in result or epoch not in self.rungs:
@@ -246,7 +247,7 @@ def trainable(config: dict, spec: Spec, threads: int, finished: Optional[dict] =
     import torch
     from ray import tune
 
-    from runners.train import resolve_device
+    from runners.training.device import resolve_device
 
     number = int(config[f"{META}trial"])
     if finished and number in finished:
@@ -385,8 +386,8 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
         raise SpecError("--backend", "ray needs Ray Tune, which is not installed: pip install 'ray[tune]' "
                                      "(or this package's [ray] extra)") from None
 
-    from .optuna_engine import max_epochs, warmup_end
-    from runners.train import resolve_device
+    from runners.search.rules import max_epochs, warmup_end
+    from runners.training.device import resolve_device
 
     import optuna
 
@@ -404,7 +405,7 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
         raise SpecError("--max-concurrent", f"{max_concurrent} must be at least 1")
     warm = warm_starts(spec)
     if not address:  # the data and recipe every trial shares, checked once before any trial (exit 2 on bad input);
-        from .trial import preflight  # on a cluster, data_dir is a path on the worker nodes, not here
+        from runners.search.trial import preflight
 
         preflight(spec, resolve_device(spec.train.device), DataCache())
     connect(address, None)

@@ -109,7 +109,7 @@ def load_dataset(config: TrainConfig, image_size: int | None = None) -> Dataset:
     try:
         return _split_and_resize(config, size, intrinsic)
     except (MemoryError, RuntimeError) as e:
-        from runners.train import is_oom
+        from runners.training.device import is_oom
 
         if not is_oom(e):
             raise

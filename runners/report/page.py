@@ -5,7 +5,7 @@ It reads the run directory, which every engine writes alike (``run.json``, ``tri
 ``metrics.json``), and uses an Optuna study only for Optuna's plots and parameter importances: the run's own
 study when its storage can be opened, else one rebuilt in memory from the metrics files. The design-space view
 (error EDFs split by each choice, raw and at matched complexity) follows the RegNet paper; its maths is in
-:mod:`runners.edf`.
+:mod:`runners.report.edf`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 
 from search_space.schema import SpecError
 
-from . import edf as E
+from runners.report import edf as E
 
 BLOCK_TYPE = "block type (any stage)"
 MATCH_BY = ("params", "macs")
@@ -61,7 +61,7 @@ class Trial:
 def read_trials(run_dir: Path) -> list[Trial]:
     from search_space.spec import load_spec
 
-    from .results import records_from_files
+    from runners.search.results import records_from_files
 
     trials = []
     for rec in records_from_files(run_dir):
@@ -156,7 +156,7 @@ def rebuilt_study(trials: list[Trial], objectives: list[str]):
     from optuna.distributions import json_to_distribution
     from optuna.trial import TrialState, create_trial
 
-    from .trial import direction
+    from runners.search.trial import direction
 
     inferred = _infer_distributions(trials)
     study = optuna.create_study(directions=[direction(o) for o in objectives])
@@ -185,7 +185,7 @@ def open_study(run_dir: Path, info: dict, trials: list[Trial], objectives: list[
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     if info.get("backend", "optuna") == "optuna" and info.get("storage") and info.get("study_name"):
         try:
-            from .storage import open_storage
+            from runners.search.storage import open_storage
 
             storage = open_storage(info["storage"], read_only=True)
             return optuna.load_study(study_name=info["study_name"], storage=storage), "the run's Optuna study"
@@ -603,7 +603,7 @@ def write_report(run_dir: Path, n_boot: int = 400) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
-    from .results import read_run_info
+    from runners.search.results import read_run_info
 
     info = read_run_info(run_dir)
     objectives = list(info.get("objectives") or ["val_accuracy"])

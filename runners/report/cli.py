@@ -6,8 +6,8 @@ import sys
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
-    from .results import find_run
+    from runners.report.page import write_report
+    from runners.search.results import find_run
 
     run_dir = find_run(args.run)
     result = write_report(run_dir)

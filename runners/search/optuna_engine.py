@@ -2,7 +2,7 @@
 
 Every process that runs the same command on the same storage joins the same study and runs trials until the
 study holds ``search.trials`` finished ones, so a rerun resumes, several processes share the work, and a killed
-process loses only the trial it was running (see :mod:`runners.storage`). The loop asks and tells Optuna itself
+process loses only the trial it was running (see :mod:`runners.search.storage`). The loop asks and tells Optuna itself
 so that the order of the records is fixed: a trial is claimed by its worker the moment it is created, the study
 records its result first, and ``trials/<n>/metrics.json`` is written after that (from a ``metrics.pending.json``
 kept since the trial ended), so the files never claim more than the study; on resume and at the end the files
@@ -14,7 +14,6 @@ validation accuracy (single-objective searches on ``val_accuracy``, never before
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import warnings
@@ -22,105 +21,34 @@ from pathlib import Path
 from typing import Optional
 
 import optuna
-from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.trial import TrialState
 
 from search_space.config import SearchConfig
 from search_space.sampling import warm_starts
-from search_space.schema import SpecError, largest
+from search_space.schema import SpecError
 from search_space.spec import Spec
 
-from .progress import Progress
-from .results import Counts, TrialRecord, counts, final_training, status_head, trial_line, write_results
-from . import signals
-from .signals import Interrupted, StopSignals, die_with_parent, processes_beside, stop_error
-from .storage import (RunLock, check_study_known, check_study_present, check_workers, claim, heartbeat, is_sqlite,
-                      masked, open_storage, recover_lost_trials, retry_trial, sqlite_path, storage_url,
-                      without_password, worker_identity)
-from .trial import (DataCache, Evaluator, Outcome, TrialHooks, direction, first_line, is_disk_full, preflight,
-                    trial_dir, write_json, write_text)
+from runners.common.progress import Progress
+from runners.search.records import STATES, Counts, records_from_study, trial_attrs, trial_counts
+from runners.search.rules import (
+    MO_REDUCTION_FACTOR, PerTrialSeed, first_rung, make_sampler, max_epochs, mo_rungs, warmup_end)
+from runners.search.results import final_training, status_head, trial_line, write_results
+from runners.common import signals
+from runners.common.signals import Interrupted, StopSignals, die_with_parent, processes_beside, stop_error
+from runners.search.storage import (
+    RunLock, check_study_known, check_study_present, check_workers, claim, heartbeat, is_sqlite, masked,
+    open_storage, recover_lost_trials, retry_trial, sqlite_path, storage_url, without_password, worker_identity)
+from runners.search.trial import (
+    DataCache, Evaluator, Outcome, TrialHooks, direction, first_line, is_disk_full, preflight, trial_dir,
+    write_json, write_text)
 
-STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
-          TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
 TELL = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
 WAIT_S = 2.0  # how often a process with nothing left to start looks at the trials running elsewhere
-MO_REDUCTION_FACTOR = 3  # several objectives: a third of the trials at the rung continue (as Hyperband, eta 3)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Sampler and pruner
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def startup_trials(search: SearchConfig) -> int:
-    return search.startup_trials if search.startup_trials is not None else min(10, max(3, search.trials // 4))
-
-
-class PerTrialSeed(optuna.samplers.BaseSampler):
-    """Reseeds the wrapped sampler from (seed, trial number) before every trial.
-
-    A trial's random draws then depend on its number only, not on the process or the storage: a single process
-    reproduces a run on SQLite and on a journal file alike, and processes sharing a study never draw the same
-    random trials (they never get the same number). A sampler's inner random sampler gets the same seed, so the
-    startup trials of TPE or GP are the trials random search draws with that seed: comparing samplers at one seed
-    is then paired on those trials (common random numbers), and only what the sampler learned differs."""
-
-    def __init__(self, sampler: optuna.samplers.BaseSampler, seed: int):
-        self.sampler = sampler
-        self.seed = seed
-
-    def _reseed(self, obj, seed: int, depth: int = 0) -> None:
-        for name, value in list(vars(obj).items()):
-            if isinstance(value, LazyRandomState):
-                setattr(obj, name, LazyRandomState(seed))
-            elif depth < 2 and (isinstance(value, optuna.samplers.BaseSampler) or hasattr(value, "_rng")):
-                self._reseed(value, seed, depth + 1)
-
-    def before_trial(self, study, trial):
-        self._reseed(self.sampler, (self.seed * 1_000_003 + trial.number * 7_919) % 2**32)
-        self.sampler.before_trial(study, trial)
-
-    def infer_relative_search_space(self, study, trial):
-        return self.sampler.infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study, trial, search_space):
-        return self.sampler.sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self.sampler.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study, trial, state, values):
-        self.sampler.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self.sampler.reseed_rng()
-
-
-def make_sampler(search: SearchConfig, n_objectives: int, parallel: bool, seed: int) -> optuna.samplers.BaseSampler:
-    startup = startup_trials(search)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # multivariate / group TPE and GPSampler warn that they are experimental
-        if search.sampler == "tpe":
-            # multivariate + group: per-block choices exist only in some trials and must be modelled jointly;
-            # constant liar: parallel workers do not all pick the same promising point.
-            return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed, n_startup_trials=startup,
-                                              constant_liar=parallel, warn_independent_sampling=False)
-        if search.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if search.sampler == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup, warn_independent_sampling=False)
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, startup))
-
-
-def warmup_end(spec: Spec) -> int:
-    """The first epoch whose accuracy was not measured during warmup (warmup epochs rounded up, plus one)."""
-    return math.ceil(float(largest(spec.train.warmup_epochs))) + 1
-
-
-def first_rung(search: SearchConfig, epochs: int, first_epoch: int = 1) -> int:
-    """The first epoch a pruner may read: ``pruner_min_epochs``, never before ``first_epoch`` (the end of warmup),
-    never past the last epoch. Every pruner, on both engines, starts here."""
-    return min(max(search.pruner_min_epochs, first_epoch), epochs)
 
 
 def make_pruner(search: SearchConfig, epochs: int, objectives: list[str],
@@ -146,68 +74,9 @@ def make_pruner(search: SearchConfig, epochs: int, objectives: list[str],
     return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max(epochs, first), reduction_factor=3), ""
 
 
-def mo_rungs(search: SearchConfig, epochs: int, objectives: list[str], first_epoch: int = 1) -> list[int]:
-    """Rung epochs of multi-objective successive halving (none for one objective or without a pruner).
-
-    One cut only, at the first epoch after warmup (or ``pruner_min_epochs``): a Pareto front needs survivors,
-    and a second cut keeps a ninth of the trials. Replayed on the fidelity audit's training curves, a second rung
-    lost front members (benchmarks/README.md, "Pruning for several objectives")."""
-    from runners.mo_pruning import rungs
-
-    if len(objectives) < 2 or "val_accuracy" not in objectives or search.pruner == "none":
-        return []
-    return rungs(first_rung(search, epochs, first_epoch), epochs, MO_REDUCTION_FACTOR)[:1]
-
-
-def max_epochs(spec: Spec) -> int:
-    return largest(spec.train.epochs)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Records: the study's trials as the results see them
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _attrs(t) -> dict:
-    attrs = dict(t.user_attrs)
-    if t.state == TrialState.FAIL and attrs.get("status") in (None, "running"):
-        # failed by Optuna's heartbeat (its worker stopped) before anyone could write why
-        attrs.update(status="lost", reason=attrs.get("reason") or "its worker stopped (no heartbeat); retried")
-    return attrs
-
-
-def records_from_study(study: optuna.Study) -> list[TrialRecord]:
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    return [TrialRecord(number=t.number, state=STATES.get(t.state, "failed"),
-                        values=list(t.values) if t.state == TrialState.COMPLETE and t.values else None,
-                        params=dict(t.params), attrs=_attrs(t),
-                        counted=t.number not in retried and t.user_attrs.get("counted", True))
-            for t in trials]
-
-
-def trial_counts(study: optuna.Study) -> Counts:
-    objectives = list(study.user_attrs.get("objectives", [])) or \
-        ["val_accuracy" if d == optuna.study.StudyDirection.MAXIMIZE else "params" for d in study.directions]
-    return counts(records_from_study(study), objectives)
-
-
-def records_from_storage(info: dict, run_dir: Path) -> list[TrialRecord]:
-    """The records of a run's study, read from the storage its run.json names (read-only, never creating one)."""
-    url = info.get("storage", "")
-    if not isinstance(url, str) or not isinstance(info.get("study_name"), str):
-        raise SpecError("", f"{run_dir / 'run.json'}: no storage or study_name; rerun `search run` to rewrite it")
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        storage = open_storage(url, read_only=True)
-        study = optuna.load_study(study_name=info["study_name"], storage=storage)
-    except SpecError as e:
-        raise SpecError("", f"{run_dir}: {e.message if hasattr(e, 'message') else e}") from None
-    except KeyError:
-        raise SpecError("", f"{run_dir}: study {info['study_name']!r} not found in {masked(url)}") from None
-    except Exception as e:  # noqa: BLE001 - a damaged study file
-        raise SpecError("", f"{run_dir}: cannot read its study in {masked(url)}: {first_line(e)}") from None
-    return records_from_study(study)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -231,7 +100,7 @@ def write_metrics(out: Path, frozen, info: Optional[dict] = None) -> None:
     """``trials/<n>/metrics.json`` as the study records the trial: the trial core's full outcome when it is at
     hand (``info`` or the pending file), else what the study's user attrs keep."""
     state = STATES.get(frozen.state, "failed")
-    attrs = _attrs(frozen)
+    attrs = trial_attrs(frozen)
     base = info or _read(pending_path(out, frozen.number)) or {
         "trial": frozen.number, **{k: v for k, v in attrs.items() if k not in ("worker_info",)},
         "optuna_params": dict(frozen.params)}
@@ -256,7 +125,7 @@ def reconcile_files(study: optuna.Study, out: Path, numbers: Optional[set[int]] 
             continue
         have = _read(trial_dir(out, t.number) / "metrics.json")
         agree = have is not None and have.get("state") == STATES[t.state] and \
-            have.get("status") == _attrs(t).get("status") and \
+            have.get("status") == trial_attrs(t).get("status") and \
             (t.state != TrialState.COMPLETE or list((have.get("values") or {}).values()) == list(t.values))
         if agree:
             pending_path(out, t.number).unlink(missing_ok=True)
@@ -294,9 +163,9 @@ class OptunaHooks(TrialHooks):
 
     def _stop_by_nondominated_rank(self, epoch, accuracy):
         """Several objectives (Optuna refuses trial.report there): at a rung, this trial's (accuracy, params/MACs)
-        against every trial that reached the rung, by :func:`runners.mo_pruning.should_stop`. Costs are known
+        against every trial that reached the rung, by :func:`runners.search.mo_pruning.should_stop`. Costs are known
         before training; latency is not, so MACs stand in for it."""
-        from runners.mo_pruning import should_stop
+        from runners.search.mo_pruning import should_stop
 
         if epoch not in self.run.mo_rungs:
             return False
@@ -356,7 +225,7 @@ class SearchRun:
     def open(self, create: bool = True) -> optuna.Study:
         """Join the study (``create``: the first process of a run, which also checks the data, takes the SQLite
         lock and writes run.json). Bad input raises :class:`SpecError` before any trial exists."""
-        from runners.train import resolve_device
+        from runners.training.device import resolve_device
 
         search = self.spec.search
         if len(set(self.objectives)) != len(self.objectives) or not self.objectives:
@@ -530,14 +399,14 @@ class SearchRun:
         self.current = None
         frozen = study._storage.get_trial(trial._trial_id)
         write_metrics(self.out, frozen, outcome.info if frozen.state == TELL[outcome.state] else None)
-        self.progress.line(trial_line(trial.number, STATES[frozen.state], _attrs(frozen) | {
+        self.progress.line(trial_line(trial.number, STATES[frozen.state], trial_attrs(frozen) | {
             k: v for k, v in outcome.info.items() if k in ("val_accuracy", "params", "seconds", "epochs",
                                                             "latency_ms", "blocks", "warm_start")}, self.prefix))
         return outcome
 
     def _stop(self, trial: optuna.Trial, status: str, reason: str, retry: bool = True) -> None:
         """End a trial that did not finish on its own: record why, fail it, enqueue it again (``retry``), and
-        write its metrics.json. Runs while further signals are ignored (see :mod:`runners.signals`)."""
+        write its metrics.json. Runs while further signals are ignored (see :mod:`runners.common.signals`)."""
         storage = self.study._storage
         self.current = None
         try:
@@ -589,9 +458,9 @@ def run_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress:
                threads: Optional[int] = None) -> dict:
     """Run (or resume, or join) the study of ``spec``; write the results; return a summary dict.
 
-    ``threads``: torch threads per worker process on the CPU (default: :func:`runners.train.cpu_threads`).
-    SIGINT, SIGTERM and SIGHUP raise :class:`~runners.signals.Interrupted` (a KeyboardInterrupt) after the running
-    trial is recorded and enqueued again.
+    ``threads``: torch threads per worker process on the CPU (default: :func:`runners.training.device.cpu_threads`).
+    SIGINT, SIGTERM and SIGHUP raise :class:`~runners.common.signals.Interrupted` (a KeyboardInterrupt) after the
+    running trial is recorded and enqueued again.
     """
     with StopSignals():
         run = SearchRun(spec, Path(out), progress or Progress(), spec_path=spec_path)
@@ -631,7 +500,7 @@ def _run(run: SearchRun, threads: Optional[int]) -> dict:
     spec, out, progress, search = run.spec, run.out, run.progress, run.spec.search
     study = run.open()
     if run.device.type == "cpu" or threads:
-        from runners.train import cpu_threads
+        from runners.training.device import cpu_threads
 
         threads = threads or cpu_threads(search.workers)
         torch.set_num_threads(threads)

@@ -13,7 +13,7 @@ trained), then trains each one
 
 Every training run is saved as it ends (``models/<i>/<kind>-e<epochs>-s<seed>.json``), so a killed audit loses
 only the run in flight and a rerun resumes. After each run the figures of what is complete so far are written
-to ``fidelity.json`` and ``fidelity.png``; :mod:`runners.fidelity_stats` computes them.
+to ``fidelity.json`` and ``fidelity.png``; :mod:`runners.audit.stats` computes them.
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from search_space.sampling import InfeasibleSample, RandomSuggester, sample
 from search_space.schema import SpecError, is_choice
 from search_space.spec import Spec, dump_spec, load_spec
 
-from . import fidelity_stats
-from .progress import Progress, duration
-from .signals import die_with_parent, failed_processes, processes_beside
-from .trial import with_io
+from runners.audit import stats as fidelity_stats
+from runners.common.progress import Progress, duration
+from runners.common.signals import die_with_parent, failed_processes, processes_beside
+from runners.search.trial import with_io
 
 MAX_TRIES_PER_MODEL = 200  # random draws per accepted architecture before the space is called too tight
 
@@ -112,7 +112,7 @@ class Audit:
         self.device = device
         self.workers, self.worker_index = workers, worker_index
         self.prefix = f"[worker {worker_index}] " if worker_index else ""
-        from .trial import DataCache
+        from runners.search.trial import DataCache
 
         self.data = DataCache()
 
@@ -156,7 +156,7 @@ class Audit:
     def _prepare(self, write: bool) -> list[Run]:
         """Draw the sample (the same in every process: the sampler is seeded) and plan the runs; ``write``: save
         each architecture and the settings (the first process only, before any worker starts)."""
-        from .train import resolve_device
+        from runners.training.device import resolve_device
 
         self.device = resolve_device(self.device if self.device is not None else self.spec.train.device)
         base = self.spec.train
@@ -202,8 +202,8 @@ class Audit:
         return arch.train.image_size or arch.model.input_size
 
     def _train(self, r: Run, head: str) -> dict:
-        from .train import train
-        from .trial import write_json
+        from runners.training.loop import train
+        from runners.search.trial import write_json
 
         arch = self.models[r.model]
         config = dataclasses.replace(arch.train, epochs=r.epochs)
@@ -268,7 +268,7 @@ class Audit:
     def _write_settings(self) -> None:
         settings = {"space": self.spec.name, "n": self.n, "factor": self.factor, "seeds": self.seeds,
                     "proxy_epochs": self.spec.train.epochs, "sample_seed": self.spec.search.seed}
-        from .trial import write_json
+        from runners.search.trial import write_json
 
         write_json(self.out / "audit.json", settings)
 
@@ -307,7 +307,7 @@ class Audit:
         return self._acc_at(record, epoch) if value is None else value
 
     def write_report(self) -> dict:
-        from .trial import write_json
+        from runners.search.trial import write_json
 
         base = self.spec.train
         probe = self.data.get(dataclasses.replace(base, lr=0.1) if is_choice(base.lr) else base,
