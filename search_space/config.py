@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from .schema import SpecError, _fmt, field, largest
 
@@ -94,6 +94,14 @@ class SearchConfig:
     seed: int = field(0, min=0, max=SEED_MAX, doc="sampler seed")
     workers: int = field(1, min=1, max=256, doc="local worker processes sharing the study (needs a storage other than "
                                        "SQLite)")
+    trials_per_gpu: Union[int, Literal["auto"], None] = field(
+        None, min=1, max=256, doc="pack trials onto one device (Optuna engine): this many trial processes share it, "
+        "each admitted only when its predicted training memory (search compile --json, plus a margin) fits in a "
+        "ledger the processes share; auto: as many as the CPU cores, at most 14 on a GPU; null: one trial at a "
+        "time per process (see docs/gpus.md)")
+    device_memory_mb: Optional[float] = field(
+        None, min=1.0, doc="packing: MiB of device memory the ledger hands out (less a CUDA context per process); "
+        "null: the GPU's total memory; needed to pack on the CPU, where it is a made-up card size")
     final_epochs: Optional[int] = field(None, min=1, max=100_000,
                                         doc="at the end, train the best architecture this many "
                                         "epochs and score it once on the test split; null: skip")

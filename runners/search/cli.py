@@ -24,7 +24,16 @@ OVERRIDES = {
     "seed": ("search", "seed"), "final_epochs": ("search", "final_epochs"), "workers": ("search", "workers"),
     "objectives": ("search", "objectives"), "backend": ("search", "backend"), "epochs": ("train", "epochs"),
     "dataset": ("train", "dataset"), "data_dir": ("train", "data_dir"), "device": ("train", "device"),
+    "trials_per_gpu": ("search", "trials_per_gpu"), "device_memory_mb": ("search", "device_memory_mb"),
 }
+
+
+def _count_or_word(text: str):
+    """``--trials-per-gpu``: an integer, or a word (auto) the spec's validator judges."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def apply_overrides(spec, args):
@@ -125,6 +134,11 @@ def add_parser(sub) -> None:
                                                      "split")
     g.add_argument("--out", help="run directory (default: runs/<name>/)")
     g.add_argument("--threads", type=int, help="torch threads per worker on the CPU (default: the idle cores)")
+    g.add_argument("--trials-per-gpu", type=_count_or_word, metavar="N|auto",
+                   help="pack N trial processes onto the device, each admitted when its predicted training memory "
+                        "fits (a ledger they share); auto: one per CPU core, at most 14 on a GPU (docs/gpus.md)")
+    g.add_argument("--device-memory-mb", type=float, help="packing: MiB the ledger hands out (default: the GPU's "
+                                                          "memory; needed on the CPU, where it is a made-up card)")
     g.add_argument("--backend", choices=hints(SearchConfig)["backend"].__args__,
                    help="search engine: optuna (default) or ray (Ray Tune)")
     g = p.add_argument_group("Ray Tune (with --backend ray)")
