@@ -249,4 +249,5 @@ class Packing:
                 from runners.training.device import free_memory
 
                 free_memory(self.device)  # give the cached blocks back before the ledger says they are free
-            held.shared = held.shared or self.ledger.release(key) != got["admission"]
+            admissions = self.ledger.release(key)
+            held.shared = held.shared or admissions != got["admission"]  # someone was admitted while this ran
