@@ -28,6 +28,14 @@ OVERRIDES = {
 }
 
 
+def _number_or_word(text: str):
+    """``--gpus-per-trial``: a number, or a word (auto) the engine judges."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _count_or_word(text: str):
     """``--trials-per-gpu``: an integer, or a word (auto) the spec's validator judges."""
     try:
@@ -143,7 +151,9 @@ def add_parser(sub) -> None:
                    help="search engine: optuna (default) or ray (Ray Tune)")
     g = p.add_argument_group("Ray Tune (with --backend ray)")
     g.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: start a local Ray)")
-    g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (default 0)")
+    g.add_argument("--gpus-per-trial", type=_number_or_word, metavar="G|auto",
+                   help="GPUs per trial; fractions share a GPU (default 0); auto: the GPU memory each trial's "
+                        "architecture needs, as the custom resource gpu_memory_mb (docs/gpus.md)")
     g.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
     g.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the resources fit)")
     g.add_argument("--storage-path", help="where the Ray experiment lives (default: the run directory); on a "

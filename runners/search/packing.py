@@ -98,7 +98,7 @@ class Need:
     data: int           # the dataset resident on the device
 
     def to_json(self) -> dict:
-        return {"reserved_mb": round(self.reserve / MIB, 1), "predicted_mb": round(self.predicted / MIB, 1),
+        return {"reserved_bytes": self.reserve, "reserved_mb": round(self.reserve / MIB, 1), "predicted_mb": round(self.predicted / MIB, 1),
                 "step_mb": round(self.step / MIB, 1), "data_mb": round(self.data / MIB, 1)}
 
 
