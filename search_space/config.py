@@ -58,6 +58,12 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "fp16", "off"] = field("auto", doc="autocast; auto: bf16 on CUDA, off elsewhere")
     channels_last: Optional[bool] = field(None, doc="channels_last memory format; null: on for CUDA")
     compile: bool = field(False, doc="wrap the model in torch.compile")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = field(
+        "default", doc="torch.compile mode with compile: true; reduce-overhead captures CUDA graphs, which cut the "
+        "kernel-launch cost that dominates small proxy models on a GPU (off until benchmarks/cuda_step.py measures "
+        "it; see docs/gpus.md)")
+    fused_optimizer: bool = field(False, doc="the optimizer's fused CUDA kernel (one launch for all parameters "
+                                  "instead of several per tensor); CUDA only, ignored elsewhere; off until measured")
     device: Literal["auto", "cuda", "mps", "cpu"] = field("auto", doc="auto picks cuda, then mps, then cpu")
     seed: int = field(0, min=0, max=SEED_MAX, doc="seed for data split, init and augmentation")
     synthetic_samples: int = field(512, min=2, max=1_000_000, doc="synthetic dataset: number of images")
