@@ -47,3 +47,28 @@ def test_docs_site_builds_strict(tmp_path):
     assert (tmp_path / "site" / "index.html").exists()
     api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
     assert "create_model" in api  # mkdocstrings rendered the docstrings
+
+
+def documented_commands(kinds=("validate", "compile", "sample", "schema")) -> list[str]:
+    """``search <kind> ...`` lines of the bash blocks of the README and every docs page (comments and
+    redirections dropped), so the quick commands a reader copies are run as written."""
+    found = set()
+    for path in [README, *sorted((ROOT / "docs").rglob("*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S):
+            for line in block.splitlines():
+                line = line.split("#")[0].split(">")[0].strip()
+                if line.startswith("search ") and line.split()[1] in kinds:
+                    found.add(line)
+    return sorted(found)
+
+
+@pytest.mark.parametrize("line", documented_commands())
+def test_documented_quick_commands_run_as_written(line, cli, tmp_path, monkeypatch):
+    import shlex
+
+    monkeypatch.chdir(ROOT)
+    args = shlex.split(line)[1:]
+    if "-o" in args:  # write into the test's folder, not the checkout
+        args[args.index("-o") + 1] = str(tmp_path / Path(args[args.index("-o") + 1]).name)
+    result = cli(*args)
+    assert result.code == 0, result
