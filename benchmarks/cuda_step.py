@@ -117,7 +117,16 @@ def ours_step_ms(spec, data, device, epochs: int) -> dict:
             "peak_memory_mb": result.history[-1].get("peak_memory_mb") if result.history else None}
 
 
+COMMIT = ""
+
+
+def head_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
 def main() -> int:
+    global COMMIT
+    COMMIT = head_commit()  # the code measured: read at the start, not when the run ends
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--space", default="spaces/resnest.yaml")
     p.add_argument("--seeds", default="0,1,2")
@@ -169,8 +178,7 @@ def main() -> int:
                                               if "host_ms_per_step" in row.get("plain", {}) else ""), flush=True)
     if args.out:
         result = {"benchmark": "cuda_step", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                  "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                           text=True).stdout.strip(),
+                  "commit": COMMIT,
                   "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke run)",
                   "torch": torch.__version__, "command": "python " + " ".join(sys.argv), "rows": rows}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

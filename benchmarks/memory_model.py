@@ -56,7 +56,16 @@ def summary(rows: list[dict], key: str) -> dict:
             "exact": sum(e == 0 for e in errors)}
 
 
+COMMIT = ""
+
+
+def head_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
 def main() -> int:
+    global COMMIT
+    COMMIT = head_commit()  # the code measured: read at the start, not when the run ends
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", type=int, default=200, help="architectures per shipped space")
     p.add_argument("--batch", type=int, default=2)
@@ -79,8 +88,7 @@ def main() -> int:
             if (seed + 1) % 50 == 0:
                 print(f"  {path.name}: {seed + 1}/{args.samples}", file=sys.stderr, flush=True)
     result = {"benchmark": "memory_model", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-              "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                       text=True).stdout.strip(),
+              "commit": COMMIT,
               "machine": f"{platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} thread(s), "
                          f"torch {torch.__version__}, no GPU (CPU forward)",
               "command": "python " + " ".join(sys.argv), "batch": args.batch, "seconds": round(time.time() - t0, 1),

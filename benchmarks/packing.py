@@ -129,7 +129,16 @@ def run_setting(args, label: str, per_gpu: str, card_mb: float | None, work: Pat
     return result
 
 
+COMMIT = ""
+
+
+def head_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
 def main() -> int:
+    global COMMIT
+    COMMIT = head_commit()  # the code measured: read at the start, not when the run ends
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--space", default="spaces/resnest.yaml")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -167,8 +176,7 @@ def main() -> int:
         import torch
 
         result = {"benchmark": "packing", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                  "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                           text=True).stdout.strip(),
+                  "commit": COMMIT,
                   "machine": (torch.cuda.get_device_name(0) if args.device == "cuda" else
                               f"{platform.machine()}, {os.cpu_count()} cores, no GPU (made-up card sizes)"),
                   "command": "python " + " ".join(sys.argv), "settings": settings}
