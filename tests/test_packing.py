@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -45,6 +47,26 @@ def test_ledger_admits_what_fits_waits_alone_and_forgets_the_dead(tmp_path):
     state["entries"]["ghost"] = {"pid": int(dead.stdout), "host": ledger.host, "bytes": 100, "alone": False}
     ledger.path.write_text(json.dumps(state))
     assert ledger.try_reserve("e", 100) is not None
+
+
+def test_a_trial_waits_while_the_card_is_full(tmp_path):
+    packing = Packing(Ledger(tmp_path / "cpu.json", capacity=10), CPU)
+    lines: list[str] = []
+    first = packing.hold(1, 8, lines.append)
+    first.__enter__()
+    admitted = threading.Event()
+
+    def second():
+        with packing.hold(2, 5, lines.append):
+            admitted.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(1.0)
+    assert not admitted.is_set() and any("waiting for device memory" in line for line in lines)
+    first.__exit__(None, None, None)
+    thread.join(10)
+    assert admitted.is_set() and packing.ledger.entries() == {}
 
 
 def tiny_spec(tmp_path, **changes):
