@@ -110,11 +110,9 @@ def cmd_compile(args) -> int:
     import torch
 
     from .compiler import build_model
-    from .config import SearchConfig
+    from .config import SearchConfig, TrainConfig
     from .cost import architecture_cost
     from .spec import ModelSpec, check_limits
-
-    from .config import TrainConfig
 
     for name in ("input_size", "in_channels", "num_classes"):  # checked as the spec fields they override
         check_field(getattr(args, name), ModelSpec, name, "--" + name.replace("_", "-"))
