@@ -264,17 +264,30 @@ def _together(intervals: list[tuple[float, float, int]]) -> list[tuple[int, int]
 def test_gpus_per_trial_auto_packs_trials_by_the_memory_model_on_a_real_cluster(tmp_path):
     """A real local Ray cluster started by hand with 4 CPUs and a made-up card of 6 MiB as the custom resource
     gpu_memory_mb. Each trial asks for the MiB its architecture needs (2-4 for this space); CPUs would let 4 run
-    at once, so how many run together is decided by the memory model: never more MiB than the card has."""
+    at once, so how many run together is decided by the memory model: never more MiB than the card has.
+
+    The head runs with ``--block`` in its own temp dir and is stopped through that process alone, so other Ray
+    clusters on the machine are left alone (no ``ray stop``)."""
+    import tempfile
+
     port = _free_port()
-    _ray("stop", "--force")
-    head = _ray("start", "--head", f"--port={port}", f"--node-ip-address={NODE_IP}", "--num-cpus=4",
-                "--resources={\"gpu_memory_mb\": 6}", "--include-dashboard=false", "--disable-usage-stats")
-    assert head.returncode == 0, head.stderr[-2000:]
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray_bin = Path(sys.executable).parent / "ray"
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}",
+                             f"--node-ip-address={NODE_IP}", "--num-cpus=4", "--resources={\"gpu_memory_mb\": 6}",
+                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+                            env=CLUSTER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         path = write_space(tmp_path, search__trials=6)
         out = tmp_path / "run"
-        done = search(path, "--out", out, "--address", f"{NODE_IP}:{port}", "--gpus-per-trial", "auto",
-                      "--device", "cpu", "--max-concurrent", "4", cwd=tmp_path, env=CLUSTER_ENV)
+        deadline = time.monotonic() + 120
+        while True:  # the head is up once a search can join it
+            done = search(path, "--out", out, "--address", f"{NODE_IP}:{port}", "--gpus-per-trial", "auto",
+                          "--device", "cpu", "--max-concurrent", "4", cwd=tmp_path, env=CLUSTER_ENV)
+            if done.returncode != 2 or "cannot reach" not in done.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "gpu_memory_mb its architecture needs (at most 6)" in done.stderr
         files = trial_files(out)
@@ -287,7 +300,11 @@ def test_gpus_per_trial_auto_packs_trials_by_the_memory_model_on_a_real_cluster(
         assert all(mb <= 6 for _, mb in together), together
         assert max(n for n, _ in together) >= 2, together  # trials did share the card
     finally:
-        _ray("stop", "--force")
+        os.killpg(head.pid, signal.SIGTERM)  # --block: the head stops its own processes
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
 
 
 def test_trial_resources_follow_the_memory_model(tmp_path):
