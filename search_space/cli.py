@@ -17,7 +17,7 @@ from .schema import SpecError, check_field, one_line
 
 # Subcommands that live with their concept: module path -> (add_parser, run) by convention.
 EXTERNAL_COMMANDS = ("runners.training.cli", "runners.search.cli", "runners.report.cli", "search_space.export",
-                     "search_space.json_schema", "runners.audit.cli")
+                     "search_space.json_schema", "runners.audit.cli", "runners.training.prepare_cli")
 
 
 def fmt_int(n: int) -> str:
@@ -88,11 +88,12 @@ def load_fixed(path: str, sample_seed: int | None = None):
 
 
 def cmd_validate(args) -> int:
-    from .sampling import warm_starts
+    from .sampling import check_feasible, warm_starts
     from .spec import choices_in, load_spec
 
     spec = load_spec(args.spec)
     warm_starts(spec)  # as `search run` checks them: each a valid, fixed architecture
+    check_feasible(spec)  # as `search run` does: a space none of whose samples can be built is refused
     left = choices_in(spec)
     if left:
         print(f"{args.spec}: valid search space '{spec.name}' with {len(left)} choice(s): "
@@ -190,7 +191,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with the project's exit code 2 and a one-line message."""
 
     def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

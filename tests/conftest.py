@@ -4,7 +4,9 @@ MACs counter."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -14,6 +16,9 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
+# raw datasets prepare themselves into a cache (runners.training.cache): the tests' own, never the user's
+DATA_CACHE = tempfile.mkdtemp(prefix="search-test-data-cache-")
+os.environ["SEARCH_DATA_CACHE"] = DATA_CACHE
 # what subprocesses of the tests import: this checkout first, then whatever an existing PYTHONPATH holds
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1",
                   "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -96,3 +101,9 @@ def cli(capsys):
         return CLIResult(code, out, err)
 
     return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_data_cache():
+    yield
+    shutil.rmtree(DATA_CACHE, ignore_errors=True)

@@ -24,6 +24,7 @@ OVERRIDES = {
     "seed": ("search", "seed"), "final_epochs": ("search", "final_epochs"), "workers": ("search", "workers"),
     "objectives": ("search", "objectives"), "backend": ("search", "backend"), "epochs": ("train", "epochs"),
     "dataset": ("train", "dataset"), "data_dir": ("train", "data_dir"), "device": ("train", "device"),
+    "image_size": ("train", "image_size"),
     "trials_per_gpu": ("search", "trials_per_gpu"), "device_memory_mb": ("search", "device_memory_mb"),
 }
 
@@ -63,10 +64,18 @@ def apply_overrides(spec, args):
 def cmd_run(args) -> int:
     from search_space.spec import load_spec
 
+    from search_space.sampling import check_feasible
+
+    from runners.training.device import check_threads
+    from runners.search.recipe import check_run_dir
+
     spec = apply_overrides(load_spec(args.space), args)
-    if args.threads is not None and args.threads < 1:
-        raise SpecError("--threads", f"{args.threads} must be at least 1")
+    check_feasible(spec)  # as `search validate` does: a space none of whose samples can be built is refused
+    check_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / spec.name
+    note = check_run_dir(out, spec, continue_anyway=args.continue_anyway)  # one engine, one recipe per study
+    if note:
+        print(note, file=sys.stderr)
     ray_only = [flag for flag, value in (("--address", args.address), ("--gpus-per-trial", args.gpus_per_trial),
                                          ("--cpus-per-trial", args.cpus_per_trial),
                                          ("--max-concurrent", args.max_concurrent),
@@ -77,12 +86,15 @@ def cmd_run(args) -> int:
         if spec.search.backend == "ray":
             from runners.search.ray_engine import run_ray_search
 
-            summary = run_ray_search(spec, out, spec_path=str(args.space), address=args.address,
-                                     gpus_per_trial=args.gpus_per_trial or 0.0,
-                                     cpus_per_trial=args.cpus_per_trial or 1.0, max_concurrent=args.max_concurrent,
-                                     storage_path=args.storage_path)
+            summary = run_ray_search(
+                spec, out, spec_path=str(args.space), address=args.address,
+                gpus_per_trial=args.gpus_per_trial if args.gpus_per_trial is not None else 0.0,
+                cpus_per_trial=args.cpus_per_trial if args.cpus_per_trial is not None else 1.0,
+                max_concurrent=args.max_concurrent, storage_path=args.storage_path)
             if summary.get("interrupted"):
-                raise KeyboardInterrupt
+                from runners.common.signals import Interrupted
+
+                raise Interrupted(summary["signal"]) if summary.get("signal") else KeyboardInterrupt
         else:
             from runners.search.optuna_engine import run_search
 
@@ -149,8 +161,15 @@ def add_parser(sub) -> None:
                                                           "memory; needed on the CPU, where it is a made-up card)")
     g.add_argument("--backend", choices=hints(SearchConfig)["backend"].__args__,
                    help="search engine: optuna (default) or ray (Ray Tune)")
+    g.add_argument("--continue-anyway", action="store_true",
+                   help="resume a study although the recipe changed (epochs, dataset, image size, objectives, "
+                        "budgets, the space): its old and new trials then do not compare")
     g = p.add_argument_group("Ray Tune (with --backend ray)")
-    g.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: start a local Ray)")
+    from runners.search.ray_cluster import CONNECT_TIMEOUT_S, GCS_TIMEOUT_S
+
+    g.add_argument("--address", help=f"join a running Ray cluster: auto or HOST:PORT, refused after at most "
+                                     f"{CONNECT_TIMEOUT_S + GCS_TIMEOUT_S:g} s when no Ray answers there (default: "
+                                     f"start a local Ray, on loopback only)")
     g.add_argument("--gpus-per-trial", type=_number_or_word, metavar="G|auto",
                    help="GPUs per trial; fractions share a GPU (default 0); auto: the GPU memory each trial's "
                         "architecture needs, as the custom resource gpu_memory_mb (docs/gpus.md)")
@@ -163,6 +182,8 @@ def add_parser(sub) -> None:
     g.add_argument("--dataset", choices=hints(TrainConfig)["dataset"].__args__)
     g.add_argument("--data-dir", help="directory of the dataset files")
     g.add_argument("--device", choices=hints(TrainConfig)["device"].__args__)
+    g.add_argument("--image-size", type=int, metavar="PX", help="train every trial at this size (default: the "
+                   "spec's train.image_size, else each model's input_size)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("show", help="print the results table of a finished or running search")

@@ -19,6 +19,7 @@ import os
 import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -27,8 +28,15 @@ import torch.nn.functional as F
 from search_space.config import TrainConfig
 from search_space.schema import SpecError
 
+from runners.common.progress import Progress, bar, duration
+
+from .cache import ensure, entry_name
+from .prepare import DecodeOptions, prepare_arrays, prepare_images
+from .prepared import Prepared, open_prepared
+from .sources import (CIFAR_LAYOUT, EXPECT_FOLDER, IMAGE_SUFFIXES, Listing, cifar_root, list_cifar,  # noqa: F401
+                      list_imagefolder, resolve_dir)
+
 TEST_SPLIT_SEED = 0  # fixed on purpose: see the module docstring
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_SIZE = 32  # imagefolder and synthetic images when neither the caller nor the config names a size
 
 
@@ -59,21 +67,40 @@ class Dataset:
     def image_size(self) -> int:
         return int(self.train_x.shape[-1])
 
+    streamed: Optional[torch.device] = field(default=None, repr=False)  # see to()
+
     @property
     def device(self) -> torch.device:
-        return self.train_x.device
+        """Where batches are computed: the device of the labels (images may stay on the host, streamed)."""
+        return self.train_y.device
 
-    def to(self, device: torch.device | str) -> "Dataset":
-        """The same splits on ``device``; remembered, so the trials of a search move the data only once."""
+    @property
+    def nbytes(self) -> int:
+        return sum(x.numel() * x.element_size() for x in (self.train_x, self.val_x, self.test_x))
+
+    def to(self, device: torch.device | str, stream: Optional[bool] = None) -> "Dataset":
+        """The same splits on ``device``; remembered, so the trials of a search move the data only once.
+
+        Images larger than half of the device's free memory (``stream=None``) or any images (``stream=True``)
+        stay on the host and are *streamed*: each batch is gathered there (from the memory map of a prepared
+        dataset), copied through pinned memory and sent to the device while the previous one trains. Labels
+        always move. On the CPU nothing moves: batches are read from the map where the images are.
+        """
         device = torch.device(device)
-        if self.train_x.device == device:
+        if stream is None:
+            if self.device == device:
+                return self  # already there, streamed or not
+            stream = device.type == "cuda" and self.train_x.device.type == "cpu" and not _fits_device(self, device)
+        if self.device == device and bool(self.streamed) == bool(stream):
             return self
+        key = f"{device}{'-streamed' if stream else ''}"
         cache = self.__dict__.setdefault("_on_device", {})
-        if str(device) not in cache:
-            splits = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+        if key not in cache:
+            splits = ("train_y", "val_y", "test_y") if stream else \
+                ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
             moved = {k: getattr(self, k).to(device) for k in splits}
-            cache[str(device)] = replace(self, **moved)
-        return cache[str(device)]
+            cache[key] = replace(self, **moved, streamed=device if stream else None)
+        return cache[key]
 
     def resized(self, size: int) -> "Dataset":
         """The same splits at ``size`` x ``size`` (bilinear); remembered, so trials of one size resize once."""
@@ -88,6 +115,21 @@ class Dataset:
     def summary(self) -> str:
         return (f"{self.name}: {len(self.train_y)} train / {len(self.val_y)} val / {len(self.test_y)} test, "
                 f"{self.channels}x{self.image_size}x{self.image_size}, {self.num_classes} classes")
+
+
+DEVICE_SHARE = 0.5  # images take at most this share of a GPU's free memory; larger data streams from the host
+
+
+def _fits_device(data: Dataset, device: torch.device) -> bool:
+    """Whether ``data``'s images fit in ``DEVICE_SHARE`` of ``device``'s free memory (the rest is for the model,
+    its activations and other processes sharing the GPU). ``SEARCH_STREAM_DATA=1`` streams whatever the size."""
+    if os.environ.get("SEARCH_STREAM_DATA") == "1":
+        return False
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+    except (RuntimeError, AssertionError, ValueError):
+        return True  # cannot tell: copy, as before streaming existed
+    return data.nbytes <= free * DEVICE_SHARE
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,6 +149,8 @@ def load_dataset(config: TrainConfig, image_size: int | None = None) -> Dataset:
     if config.dataset == "synthetic":
         check_fits(config.synthetic_samples, config.synthetic_channels, size or 32, "train.synthetic_samples")
     try:
+        if config.dataset in MAPPED:
+            return _mapped(config, size, intrinsic)
         return _split_and_resize(config, size, intrinsic)
     except (MemoryError, RuntimeError) as e:
         from runners.training.device import is_oom
@@ -116,6 +160,169 @@ def load_dataset(config: TrainConfig, image_size: int | None = None) -> Dataset:
         raise SpecError("train.image_size", f"the {config.dataset} images at {size or 'native'} size do not fit in "
                                             f"memory ({str(e).splitlines()[0][:120]}); use a smaller image_size or "
                                             f"fewer images") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mapped datasets: a prepared directory, or raw images and CIFAR batches prepared once into the cache
+# ----------------------------------------------------------------------------------------------------------------
+
+MAPPED = ("prepared", "imagefolder", "cifar10", "cifar100")  # read through a memory map (runners.training.prepared)
+CROP, FILTER = "crop", "bilinear"  # how the cache prepares an image folder (as imagefolder always resized)
+
+
+def _mapped(config: TrainConfig, size: int | None, intrinsic: int | None) -> Dataset:
+    """A dataset whose images are a read-only memory map: every split is a view of it, so the processes of a
+    machine share one copy through the page cache and data larger than RAM still trains. Copies are made only
+    for a ``train_fraction`` subset or a size other than the prepared one."""
+    data_dir = _dir_key(config)
+    if config.dataset == "prepared":
+        prepared = _open_prepared(data_dir)
+    else:
+        prepared = _open_cached(config.dataset, data_dir, intrinsic or DEFAULT_SIZE if config.dataset == "imagefolder"
+                                else None, config.val_fraction, config.test_fraction, config.seed)
+    return dataset_from(prepared, config, size)
+
+
+def dataset_from(prepared: Prepared, config: TrainConfig, size: int | None = None) -> Dataset:
+    """The :class:`Dataset` of a prepared dataset's splits (views of its map), with ``config``'s
+    ``train_fraction`` and an optional resize applied."""
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = (prepared.split(s) for s in ("train", "val", "test"))
+    rows = {s: torch.from_numpy(np.array(prepared.rows(s))) for s in ("train", "val", "test")}
+    train_x, val_x, test_x = (_tensor(x) for x in (train_x, val_x, test_x))
+    train_y, val_y, test_y = (torch.from_numpy(np.array(y, dtype=np.int64)) for y in (train_y, val_y, test_y))
+    mean, std = tuple(prepared.meta["mean"]), tuple(prepared.meta["std"])
+    if config.train_fraction < 1.0 and len(train_y):
+        _, subset = stratified_split(train_y, config.train_fraction, config.seed + 1)
+        train_x, train_y, rows["train"] = train_x[subset], train_y[subset], rows["train"][subset]  # a copy
+        mean, std = channel_stats(train_x)
+    if len(train_y) == 0 or len(val_y) == 0:
+        raise SpecError("train.dataset", f"{prepared.path} holds {len(train_y)} training and {len(val_y)} validation "
+                        f"images (train_fraction {config.train_fraction}); both need at least one")
+    if size and size != int(prepared.meta["size"]):  # a private, resized copy
+        check_fits(len(train_y) + len(val_y) + len(test_y), int(prepared.meta["channels"]), size, "train.image_size")
+        train_x, val_x, test_x = (resize(x, size) for x in (train_x, val_x, test_x))
+        mean, std = channel_stats(train_x)
+    return Dataset(name=config.dataset, train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, test_x=test_x,
+                   test_y=test_y, num_classes=len(prepared.classes), channels=int(prepared.meta["channels"]),
+                   mean=mean, std=std, classes=prepared.classes, rows=rows)
+
+
+def _tensor(x: np.ndarray) -> torch.Tensor:
+    """A torch view of a read-only map (torch warns that it cannot be written to: nothing writes to it)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(x)
+
+
+@functools.lru_cache(maxsize=4)
+def _open_prepared(data_dir: str) -> Prepared:
+    return open_prepared(data_dir, "train.data_dir")
+
+
+@functools.lru_cache(maxsize=4)
+def _open_cached(dataset: str, data_dir: str, size: int | None, val_fraction: float, test_fraction: float,
+                 seed: int) -> Prepared:
+    """The cache entry of a raw source (prepared now if missing; see :mod:`runners.training.cache`)."""
+    listing, name, settings = cache_entry(dataset, data_dir, size, val_fraction, test_fraction, seed)
+    return ensure(name, lambda path: prepare_source(listing, path, size, val_fraction, test_fraction, seed,
+                                                    settings=settings, flag="train.data_dir",
+                                                    hint=_SKIP_HINT.format(root=listing.root, size=size)))
+
+
+def cache_entry(dataset: str, data_dir: str, size: int | None, val_fraction: float, test_fraction: float,
+                seed: int) -> tuple[Listing, str, dict]:
+    """The listing of a raw source, the name of its cache entry and the settings the name covers."""
+    listing = list_imagefolder(data_dir) if dataset == "imagefolder" else list_cifar(data_dir, dataset)
+    settings = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    if dataset == "imagefolder":
+        settings.update(resize=CROP, filter=FILTER)
+    return listing, entry_name(dataset, listing.root, size or 32, settings, listing.fingerprint), settings
+
+
+_SKIP_HINT = ("fix or remove them, or prepare the folder yourself leaving them out: `search data prepare {root} -o "
+              "DIR --size {size} --skip-bad`, then train with --dataset prepared --data-dir DIR")
+
+
+def plan_splits(labels: np.ndarray, is_test: Optional[np.ndarray], val_fraction: float, test_fraction: float,
+                seed: int) -> tuple[np.ndarray, dict[str, int]]:
+    """The rows of a source in prepared order (train, then validation, then test) and each split's size: the
+    same splits :func:`load_dataset` makes from a source in memory (a fixed-seed test split where the source
+    has none, a validation split seeded by ``seed``), so preparing a source changes which rows land where not
+    at all."""
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    everything = torch.arange(len(y))
+    if is_test is None:
+        pool, test = grouped_split(y, None, test_fraction, TEST_SPLIT_SEED)
+    else:
+        mask = torch.from_numpy(np.asarray(is_test, dtype=bool))
+        pool, test = everything[~mask], everything[mask]
+    keep, val = grouped_split(y[pool], None, val_fraction, seed)
+    train, val = pool[keep], pool[val]
+    order = torch.cat([train, val, test]).numpy()
+    return order, {"train": len(train), "val": len(val), "test": len(test)}
+
+
+def prepare_source(listing: Listing, out: Path, size: int | None, val_fraction: float, test_fraction: float,
+                   seed: int, *, rows: Optional[np.ndarray] = None, relabel_classes: bool = False,
+                   settings: Optional[dict] = None,
+                   options: Optional[DecodeOptions] = None, jobs: Optional[int] = None, skip_bad: bool = False,
+                   flag: str = "SRC", hint: Optional[str] = None) -> dict:
+    """Prepare ``listing`` (only ``rows`` of it, when given; ``relabel_classes``: only the classes those rows
+    hold, numbered again from 0) into ``out``.
+
+    The split is planned here (:func:`plan_splits`); image folders are decoded in parallel
+    (:func:`~runners.training.prepare.prepare_images`), CIFAR batches are read and, at a size other than 32,
+    resized. Progress goes to stderr."""
+    classes = list(listing.classes)
+    if listing.kind == "imagefolder":
+        labels, is_test = listing.labels, listing.is_test
+    else:
+        source = _cifar(listing.root, listing.kind)
+        classes = list(source.classes)
+        labels = np.concatenate([source.train_y.numpy(), source.test_y.numpy()])
+        is_test = np.concatenate([np.zeros(len(source.train_y), bool), np.ones(len(source.test_y), bool)])
+    if rows is None:
+        rows = np.arange(len(labels))
+    kept = np.unique(labels[rows]) if relabel_classes else np.arange(len(classes))
+    relabel = np.full(len(classes), -1, dtype=np.int64)
+    relabel[kept] = np.arange(len(kept))
+    sub_labels = relabel[labels[rows]]
+    order, counts = plan_splits(sub_labels, None if is_test is None else is_test[rows], val_fraction, test_fraction,
+                                seed)
+    source_rows = rows[order]
+    meta = {"name": listing.root.name, "classes": [classes[k] for k in kept],
+            "source": {"kind": listing.kind, "path": str(listing.root), "fingerprint": listing.fingerprint,
+                       "images": int(len(labels))},
+            "settings": {**(settings or {}), "val_fraction": val_fraction, "test_fraction": test_fraction,
+                         "seed": seed},
+            "source_rows": source_rows}
+    if listing.kind == "imagefolder":
+        opt = options or DecodeOptions(size=size or DEFAULT_SIZE)
+        paths = [str(listing.root / listing.files[i]) for i in source_rows]
+        progress = Progress()
+        what = f"preparing {listing.root}: {len(paths):,} images at {opt.size}px"
+        progress.line(what)
+        marks = [0]
+
+        def tick(done: int, total: int, seconds: float) -> None:
+            rate = done / max(seconds, 1e-9)
+            text = (f"{what} {bar(done, total)} {done:,}/{total:,}, {rate:,.0f} images/s, "
+                    f"{duration((total - done) / max(rate, 1e-9))} left")
+            progress.status(text, force=done == total)
+            if not progress.tty and done * 4 // total > marks[0]:  # logs get a line at each quarter
+                marks[0] = done * 4 // total
+                progress.line(text)
+
+        with progress:
+            meta = prepare_images(out, paths, sub_labels[order], counts, opt, meta, jobs=jobs, skip_bad=skip_bad,
+                                  progress=tick, flag=flag, hint=hint)
+        return meta
+    x = torch.cat([source.train_x, source.test_x])[torch.from_numpy(source_rows)]
+    if size and size != x.shape[-1]:
+        x = resize(x, size)
+    return prepare_arrays(out, x.numpy(), sub_labels[order], counts, meta, flag=flag)
 
 
 def check_fits(images: int, channels: int, size: int, path: str) -> None:
@@ -171,6 +378,8 @@ def _split_and_resize(config: TrainConfig, size: int | None, intrinsic: int | No
 def clear_cache() -> None:
     """Forget cached sources (tests, or a long-lived process that changed files on disk)."""
     _load_source.cache_clear()
+    _open_prepared.cache_clear()
+    _open_cached.cache_clear()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -268,7 +477,12 @@ def _dir_key(config: TrainConfig) -> str | None:
     if not config.data_dir:
         raise SpecError("train.data_dir", f"dataset {config.dataset} reads its images from a directory; "
                         f"set train.data_dir (or --data-dir) to it")
-    return str(Path(config.data_dir).expanduser().resolve())
+    what = {"imagefolder": EXPECT_FOLDER, "prepared": "prepared expects a directory made by `search data prepare`"}
+    if config.dataset in CIFAR_LAYOUT:
+        _, train_files, test_files, _, _ = CIFAR_LAYOUT[config.dataset]
+        what[config.dataset] = (f"{config.dataset} expects the python-version batches "
+                                f"({', '.join(train_files + test_files)}) there")
+    return str(resolve_dir(config.data_dir, what.get(config.dataset, ""), "train.data_dir"))
 
 
 @functools.lru_cache(maxsize=4)
@@ -282,8 +496,6 @@ def _load_source(dataset: str, data_dir: str | None, size: int | None, samples: 
         return _digits_pairs()
     if dataset in ("cifar10", "cifar100"):
         return _cifar(Path(data_dir), dataset)
-    if dataset == "imagefolder":
-        return _imagefolder(Path(data_dir), size or DEFAULT_SIZE)
     if dataset == "synthetic":
         return _synthetic(samples, classes, channels, size or DEFAULT_SIZE)
     raise SpecError("train.dataset", f"unknown dataset {dataset!r}")  # the schema rejects this first
@@ -418,26 +630,10 @@ def _digits_pairs() -> _Source:
                    groups=block, strata=labels[left])
 
 
-_CIFAR_LAYOUT = {
-    # dataset: (folder name inside an extracted archive, train files, test files, label key, classes)
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
-}
-
-
 def _cifar(root: Path, dataset: str) -> _Source:
     """The "python version" pickle batches of CIFAR-10/100 (``root`` may also be their parent folder)."""
-    folder, train_files, test_files, label_key, num_classes = _CIFAR_LAYOUT[dataset]
-    expected = ", ".join(train_files + test_files)
-    if (root / folder).is_dir() and not (root / train_files[0]).exists():
-        root = root / folder
-    if not root.is_dir():
-        raise SpecError("train.data_dir", f"{root} is not a directory; {dataset} expects the python-version "
-                        f"batches ({expected}) there")
-    missing = [f for f in train_files + test_files if not (root / f).is_file()]
-    if missing:
-        raise SpecError("train.data_dir", f"{root} lacks {', '.join(missing)}; {dataset} expects the python-version "
-                        f"batches ({expected}), as extracted from {folder}.tar.gz")
+    folder, train_files, test_files, label_key, num_classes = CIFAR_LAYOUT[dataset]
+    root = cifar_root(root, dataset, "train.data_dir")
 
     def read(files):
         xs, ys = [], []
@@ -508,64 +704,6 @@ class _NumpyUnpickler(pickle.Unpickler):
                 from numpy.core import multiarray
             return getattr(multiarray, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
-
-
-def _imagefolder(root: Path, size: int) -> _Source:
-    """Class folders of images (``root/<class>/*.png``), or ``root/train`` and ``root/test`` each holding class
-    folders. Images are converted to RGB, their shorter side resized to ``size`` and centre-cropped square."""
-    if not root.is_dir():
-        raise SpecError("train.data_dir", f"{root} is not a directory; imagefolder expects one folder per class "
-                        f"holding images ({', '.join(IMAGE_SUFFIXES)})")
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        classes = _class_names(root / "train")
-        train_x, train_y = _read_images(root / "train", classes, size)
-        test_x, test_y = _read_images(root / "test", classes, size)
-    else:
-        classes = _class_names(root)
-        train_x, train_y = _read_images(root, classes, size)
-        test_x = test_y = None
-    return _Source(train_x, train_y, test_x, test_y, len(classes), tuple(classes))
-
-
-def _class_names(root: Path) -> list[str]:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(classes) < 2:
-        raise SpecError("train.data_dir", f"{root} holds {len(classes)} class folder(s); imagefolder expects one "
-                        f"folder per class (at least two), each holding images")
-    return classes
-
-
-def _read_images(root: Path, classes: list[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from PIL import Image, UnidentifiedImageError
-
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        folder = root / name
-        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-        if not found:
-            raise SpecError("train.data_dir", f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        files += found
-        labels += [label] * len(found)
-    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
-    for i, path in enumerate(files):  # decoding is per file by nature; this runs once, at load
-        try:
-            with Image.open(path) as img:
-                out[i] = np.asarray(_square(img.convert("RGB"), size))
-        except (OSError, UnidentifiedImageError) as e:
-            raise SpecError("train.data_dir", f"cannot read image {path}: {e}") from None
-    x = torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-    return x, torch.tensor(labels, dtype=torch.int64)
-
-
-def _square(img, size: int):
-    from PIL import Image
-
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
 
 
 def _synthetic(samples: int, classes: int, channels: int, size: int) -> _Source:

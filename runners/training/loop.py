@@ -92,7 +92,10 @@ def train(arch_or_model, config: TrainConfig, report: Optional[Report] = None, d
         _fit(state, arch_or_model, config, data, device, report, on_step, evaluate_test, start)
     except _CallbackError as e:
         raise e.error from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from runners.common.signals import release
+
+        release(e)  # a stop inside a storage call (a pruner's read) must not leave the study locked
         state.status = "interrupted"
         state.reason = f"interrupted by the user after {state.epochs} epoch(s)"
     except _Diverged as e:
@@ -209,7 +212,7 @@ def _fit(state: _State, arch_or_model, config: TrainConfig, data: Dataset, devic
     norm = Normalize(data, channels_last)
     pad = default_padding(data.image_size) if config.crop_padding is None else config.crop_padding
     flip = config.flip if config.flip is not None else data.name in ("cifar10", "cifar100", "imagefolder")
-    augment = Augment(data.train_x, pad, flip, config.seed)
+    augment = Augment(data.train_x, pad, flip, config.seed, device=data.device, stream=data.streamed is not None)
 
     n = len(data.train_y)
     batch = min(config.batch_size, n)
@@ -328,12 +331,13 @@ def evaluate_split(forward: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: "
         return float("nan"), float("nan")
     was_training = forward.training
     forward.eval()
-    loss = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    device = y.device  # images may be streamed from the host (see Augment)
+    loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
     size = max(2 * batch_size, 256)
     for start in range(0, len(y), size):
-        xb, yb = norm(x[start:start + size]), y[start:start + size]
-        with autocast(x.device, amp_dtype):
+        xb, yb = norm(to_device(x[start:start + size], device)), y[start:start + size]
+        with autocast(device, amp_dtype):
             out = forward(xb)
         loss += F.cross_entropy(out.float(), yb, reduction="sum")
         correct += (out.argmax(1) == yb).sum()
@@ -376,15 +380,23 @@ class Augment:
 
     The permutation, crop offsets and flips of an epoch are drawn at once on the CPU from a generator seeded
     by ``train.seed`` and moved to the device in one copy, so runs are repeatable on any device.
+
+    Streamed data (``device`` other than the images', or ``stream``: see ``Dataset.to``) is gathered where the
+    images are, on the host (from the memory map of a prepared dataset), and each batch is sent to ``device``
+    through pinned memory without waiting, so the host gathers the next batch while the device trains on this
+    one. The batches are the same as unstreamed ones: the same draws index the same images.
     """
 
-    def __init__(self, images: torch.Tensor, pad: int, flip: bool, seed: int):
+    def __init__(self, images: torch.Tensor, pad: int, flip: bool, seed: int,
+                 device: Optional[torch.device] = None, stream: bool = False):
         self.images = images
         h, w = images.shape[-2:]
         self.pad = max(0, min(pad, h - 1, w - 1))  # reflection needs pad < size
         self.flip = flip
         self.gen = torch.Generator().manual_seed(seed)
-        self.device = images.device
+        self.target = torch.device(device) if device is not None else images.device
+        self.stream = stream or self.target != images.device
+        self.device = images.device  # where the gather runs
         self.ar_h = torch.arange(h, device=self.device)
         self.ar_w = torch.arange(w, device=self.device)
         self.active = self.pad > 0 or flip
@@ -402,13 +414,25 @@ class Augment:
     def __call__(self, order: torch.Tensor, rows: slice) -> torch.Tensor:
         idx = order[rows]
         if not self.active:
-            return self.images[idx]
+            return self._send(self.images[idx])
         h, w = len(self.ar_h), len(self.ar_w)
         ys = _reflect(self.ar_h + self.dy[rows, None], h)
         xs = self.ar_w + self.dx[rows, None]
         xs = _reflect(torch.where(self.flips[rows, None], xs.flip(1), xs), w)
         # advanced indices around a slice put the batch dims first: N x H x W x C, i.e. NCHW in channels_last
-        return self.images[idx[:, None, None], :, ys[:, :, None], xs[:, None, :]].permute(0, 3, 1, 2)
+        return self._send(self.images[idx[:, None, None], :, ys[:, :, None], xs[:, None, :]].permute(0, 3, 1, 2))
+
+    def _send(self, batch: torch.Tensor) -> torch.Tensor:
+        return to_device(batch, self.target) if self.stream else batch
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``; from the host to a GPU through pinned (page-locked) memory, without waiting."""
+    if x.device == device:
+        return x
+    if device.type == "cuda" and x.device.type == "cpu":
+        x = x.pin_memory()
+    return x.to(device, non_blocking=True)
 
 
 def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
