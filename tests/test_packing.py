@@ -47,6 +47,14 @@ def test_ledger_admits_what_fits_waits_alone_and_forgets_the_dead(tmp_path):
     state["entries"]["ghost"] = {"pid": int(dead.stdout), "host": ledger.host, "bytes": 100, "alone": False}
     ledger.path.write_text(json.dumps(state))
     assert ledger.try_reserve("e", 100) is not None
+    ledger.release("e")
+    # a process's data stays reserved after its trial (its dataset stays cached on the device between trials),
+    # is taken once however many trials it runs, and a trial alone gets the card less what data holds
+    assert ledger.try_reserve("t1", 30, resident_key="p:data", resident=20)["others"] == 0
+    assert ledger.used() == 50 and ledger.release("t1") and ledger.used() == 20
+    assert ledger.try_reserve("t2", 70, resident_key="p:data", resident=20) is not None   # 20 + 70 <= 100
+    ledger.release("t2")
+    assert ledger.try_reserve("t3", 10, alone=True) is not None and ledger.used() == 100
 
 
 def test_a_trial_waits_while_the_card_is_full(tmp_path):
@@ -105,10 +113,10 @@ def test_an_oom_beside_other_trials_is_retried_alone_and_not_recorded(tmp_path, 
     packing = Packing(ledger, CPU)
     real_hold = packing.hold
 
-    def hold(number, nbytes, status, alone=False):
+    def hold(number, nbytes, status, alone=False, resident=0):
         if alone:
             ledger.release("neighbour")  # the neighbour finishes; the retry can then have the card
-        return real_hold(number, nbytes, waits.append, alone)
+        return real_hold(number, nbytes, waits.append, alone, resident)
 
     packing.hold = hold
     outcome = evaluate(spec, packing)
@@ -117,7 +125,8 @@ def test_an_oom_beside_other_trials_is_retried_alone_and_not_recorded(tmp_path, 
     memory = outcome.info["memory"]
     assert memory["retried_alone"] is True and "injected" in memory["oom_shared"]
     assert 0 < memory["predicted_mb"] < memory["reserved_mb"]
-    assert ledger.entries() == {}
+    # the trial's reservation is gone; the process's data stays reserved while the process lives
+    assert [e["kind"] for e in ledger.entries().values()] == ["resident"]
 
 
 def test_an_oom_alone_is_the_architectures(tmp_path, monkeypatch):
@@ -163,7 +172,7 @@ def test_search_run_packs_trials_on_a_made_up_card(tmp_path):
     for n in range(2):
         info = json.loads((out / "trials" / str(n) / "metrics.json").read_text())
         assert info["status"] == "ok" and info["memory"]["reserved_mb"] > 0
-    assert json.loads((tmp_path / "ledger" / "cpu.json").read_text())["entries"] == {}
+    assert Ledger(tmp_path / "ledger" / "cpu.json", 0).entries() == {}  # every process has ended
     assert (out / "study.log").exists()  # several writers: a journal file, not SQLite
     bad = subprocess.run([sys.executable, "-m", "search_space.cli", "run", str(path), "--out", str(out),
                           "--trials-per-gpu", "2", "--device", "cpu"], cwd=ROOT, env=env, capture_output=True,

@@ -92,14 +92,16 @@ def device_capacity(device, memory_mb: Optional[float], processes: int) -> int:
 class Need:
     """What one trial reserves, and where the figure comes from."""
 
-    reserve: int        # bytes taken in the ledger
+    reserve: int        # bytes a trial needs in the ledger, all told (the data's share included)
     predicted: int      # the model's prediction (training step + EMA + data)
     step: int           # the training step alone (search_space.memory.TrainMemory.total_bytes)
     data: int           # the dataset resident on the device
+    resident: int = 0   # the data's share of ``reserve``: held by the process from its first trial to its end
 
     def to_json(self) -> dict:
-        return {"reserved_bytes": self.reserve, "reserved_mb": round(self.reserve / MIB, 1), "predicted_mb": round(self.predicted / MIB, 1),
-                "step_mb": round(self.step / MIB, 1), "data_mb": round(self.data / MIB, 1)}
+        return {"reserved_bytes": self.reserve, "reserved_mb": round(self.reserve / MIB, 1),
+                "predicted_mb": round(self.predicted / MIB, 1), "step_mb": round(self.step / MIB, 1),
+                "data_mb": round(self.data / MIB, 1)}
 
 
 def trial_need(sampled, data, device) -> Need:
@@ -125,7 +127,8 @@ def trial_need(sampled, data, device) -> Need:
                                                                  data.val_y, data.test_x, data.test_y))
     predicted = m.total_bytes + ema + data_bytes
     slack = SLACK_MB * MIB if device.type == "cuda" else 0  # cuDNN and the caching allocator are CUDA's
-    return Need(int(predicted * (1 + MARGIN)) + slack, predicted, m.total_bytes, data_bytes)
+    return Need(int(predicted * (1 + MARGIN)) + slack, predicted, m.total_bytes, data_bytes,
+                int(data_bytes * (1 + MARGIN)))
 
 
 def _alive(pid: int) -> bool:
@@ -175,24 +178,34 @@ class Ledger:
         with self._locked() as state:
             return dict(state["entries"])
 
-    def try_reserve(self, key: str, nbytes: int, trial=None, alone: bool = False) -> Optional[dict]:
-        """Take ``nbytes`` (``alone``: the whole card, once nobody else holds any) if they fit now. Returns None
-        when they do not, else ``{"admission": n, "others": k}`` (k: entries held by others at admission)."""
+    def try_reserve(self, key: str, nbytes: int, trial=None, alone: bool = False, resident_key: str = "",
+                    resident: int = 0) -> Optional[dict]:
+        """Take ``nbytes`` for a trial if they fit now (``alone``: once no other trial holds any, all the card
+        that no process's resident data holds). ``resident`` bytes under ``resident_key`` are the process's data on
+        the device: taken with its first trial and kept until the process ends (its dataset stays cached there
+        between trials). Returns None when it does not fit, else ``{"admission": n, "others": k}`` (k: trials held
+        by others at admission)."""
         with self._locked() as state:
             entries = state["entries"]
-            used = sum(e["bytes"] for e in entries.values())
-            if any(e.get("alone") for e in entries.values()):
+            trials = {k: e for k, e in entries.items() if e.get("kind", "trial") == "trial"}
+            if any(e.get("alone") for e in trials.values()):
                 return None
+            add = resident if resident_key and resident_key not in entries else 0
+            used = sum(e["bytes"] for e in entries.values()) + add
             if alone:
-                if entries:
+                if trials:
                     return None
-                nbytes = max(nbytes, self.capacity)
+                nbytes = max(nbytes, self.capacity - used)
             elif used + nbytes > self.capacity:
                 return None
             state["admissions"] += 1
+            now = time.time()
+            if add:
+                entries[resident_key] = {"pid": os.getpid(), "host": self.host, "bytes": add, "kind": "resident",
+                                         "since": now}
             entries[key] = {"pid": os.getpid(), "host": self.host, "bytes": nbytes, "trial": trial,
-                            "alone": alone, "since": time.time()}
-            return {"admission": state["admissions"], "others": len(entries) - 1}
+                            "alone": alone, "kind": "trial", "since": now}
+            return {"admission": state["admissions"], "others": len(trials)}
 
     def release(self, key: str) -> int:
         """Drop ``key``; returns the admission count, so a holder can tell whether anyone joined while it ran."""
@@ -224,15 +237,19 @@ class Packing:
         return trial_need(sampled, data, self.device)
 
     @contextlib.contextmanager
-    def hold(self, number, nbytes: int, status: Callable[[str], None], alone: bool = False) -> Iterator[Held]:
-        """Wait until ``nbytes`` fit (``alone``: until the device is free, then hold all of it), hold them for the
-        ``with`` block, then free the device's cached memory and the reservation."""
+    def hold(self, number, nbytes: int, status: Callable[[str], None], alone: bool = False,
+             resident: int = 0) -> Iterator[Held]:
+        """Wait until ``nbytes`` fit (``alone``: until no other trial runs, then hold all the card), hold them for
+        the ``with`` block, then free the device's cached memory and the reservation. ``resident``: the process's
+        data on the device, reserved with its first trial and kept (see :meth:`Ledger.try_reserve`)."""
         from runners.common import signals
 
         key = f"{self.ledger.host}:{os.getpid()}:{number}"
+        resident_key = f"{self.ledger.host}:{os.getpid()}:data"
         waited = 0.0
         while True:
-            got = self.ledger.try_reserve(key, nbytes, trial=number, alone=alone)
+            got = self.ledger.try_reserve(key, nbytes, trial=number, alone=alone, resident_key=resident_key,
+                                          resident=resident)
             if got is not None:
                 break
             signals.check()

@@ -255,7 +255,7 @@ class RayPacking:
         return trial_need(sampled, data, self.device)
 
     @contextlib.contextmanager
-    def hold(self, number, nbytes, status, alone=False):
+    def hold(self, number, nbytes, status, alone=False, resident=0):
         from runners.search.packing import Held
 
         yield Held(shared=False)  # Ray cannot hold a card for one trial: an OOM here is recorded as it is

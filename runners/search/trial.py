@@ -342,13 +342,14 @@ class Evaluator:
                                   f"{need.reserve / MIB:,.1f} MiB) exceeds the {packing.capacity / MIB:,.1f} MiB the "
                                   f"device has for trials; it cannot fit even alone, so it was not started")
             return None
-        with packing.hold(number, need.reserve, hooks.status) as held:
+        trial_bytes = need.reserve - need.resident  # the data's share stays with the process between trials
+        with packing.hold(number, trial_bytes, hooks.status, resident=need.resident) as held:
             result = run()
         if result.status == "oom" and held.shared:
             # beside other trials: the card, not the architecture, was short. Again, alone; only that OOM counts.
             info["memory"]["oom_shared"] = result.reason
             hooks.status(f"trial {number}: out of memory beside other trials; retrying alone")
-            with packing.hold(number, need.reserve, hooks.status, alone=True):
+            with packing.hold(number, trial_bytes, hooks.status, alone=True, resident=need.resident):
                 result = run()
             info["memory"]["retried_alone"] = True
         return result
