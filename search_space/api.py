@@ -21,32 +21,37 @@ def zoo_names() -> list[str]:
 
 
 def resolve_run(run: str | Path) -> tuple[Path, Path | None]:
-    """The architecture file and the weights (None if not trained) a run directory stands for."""
-    run = Path(run)
-    if not run.is_dir():
+    """The architecture file and the weights (None if not trained) a run directory stands for, read through
+    :class:`~search_space.rundir.RunDir` (a run directory is untrusted input: no link out of it is followed)."""
+    from .rundir import RunDir
+
+    if not Path(run).is_dir():
         raise SpecError("run", f"{str(run)!r} is not a run directory")
-    final = run / "final"
-    if (final / "arch.yaml").exists() and (final / "weights.pt").exists():
-        return final / "arch.yaml", final / "weights.pt"
-    if (run / "best.yaml").exists():
-        return run / "best.yaml", None
-    pareto = sorted((run / "pareto").glob("*.yaml")) if (run / "pareto").is_dir() else []
+    rd = RunDir(run)
+    if rd.exists("run.json"):
+        rd.info()  # a damaged or hostile run.json is refused here, as report and show refuse it
+    if rd.exists("final/arch.yaml") and rd.exists("final/weights.pt"):
+        return rd.file("final/arch.yaml"), rd.file("final/weights.pt")
+    if rd.exists("best.yaml"):
+        return rd.file("best.yaml"), None
+    pareto = sorted((rd.root / "pareto").glob("*.yaml")) if rd.exists("pareto") else []
     if pareto:
-        return min(pareto, key=lambda p: _first_objective_rank(run, p)), None
+        rd.file_dir("pareto")
+        best = min(pareto, key=lambda p: _first_objective_rank(rd, p))
+        return rd.file(Path("pareto") / best.name), None
     raise SpecError("run", f"{str(run)!r} has no best.yaml, pareto/ or final/ yet (is the search finished?)")
 
 
-def _first_objective_rank(run: Path, arch: Path) -> float:
-    """Sort key of a Pareto member (``pareto/trial_N.yaml``): its first objective, best first."""
-    import json
-
-    try:
-        objective = (json.loads((run / "run.json").read_text()).get("objectives") or ["val_accuracy"])[0]
-        number = arch.stem.rsplit("_", 1)[-1]
-        value = json.loads((run / "trials" / number / "metrics.json").read_text())["values"][objective]
-        return -value if objective == "val_accuracy" else value
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+def _first_objective_rank(rd, arch: Path) -> float:
+    """Sort key of a Pareto member (``pareto/trial_N.yaml``): its first objective, best first (a member whose
+    metrics cannot be read sorts last; reading them is refused like any damaged run file)."""
+    objective = rd.info().get("objectives", ["val_accuracy"])[0]
+    number = arch.stem.rsplit("_", 1)[-1]
+    metrics = rd.metrics(int(number)) if number.isdigit() else None
+    value = (metrics or {}).get("values", {}).get(objective)
+    if not isinstance(value, (int, float)):
         return float("inf")
+    return -value if objective == "val_accuracy" else value
 
 
 def load_any(source: Any):

@@ -79,11 +79,12 @@ def load_fixed(path: str, sample_seed: int | None = None):
 
 
 def cmd_validate(args) -> int:
-    from .sampling import warm_starts
+    from .sampling import check_feasible, warm_starts
     from .spec import choices_in, load_spec
 
     spec = load_spec(args.spec)
     warm_starts(spec)  # as `search run` checks them: each a valid, fixed architecture
+    check_feasible(spec)  # as `search run` does: a space none of whose samples can be built is refused
     left = choices_in(spec)
     if left:
         print(f"{args.spec}: valid search space '{spec.name}' with {len(left)} choice(s): "
@@ -159,7 +160,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with the project's exit code 2 and a one-line message."""
 
     def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from .schema import SpecError, _fmt, field, largest
+from .schema import SpecError, _fmt, field, is_choice, largest
 
 SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit
 
@@ -153,6 +153,7 @@ def check_train(train: TrainConfig, path: str = "train") -> None:
     if any(b <= a for a, b in zip(restarts, restarts[1:])):
         raise SpecError(f"{path}.restart_epochs", f"{_fmt(restarts)} is not in increasing order; list each epoch "
                                                   f"once, smallest first")
+    check_splits(train, path)
     warmup = train.warmup_epochs
     longest = largest(warmup)  # the longest warmup a choice may draw
     gaps = [b - a for a, b in zip([0, *restarts], restarts)]
@@ -160,6 +161,50 @@ def check_train(train: TrainConfig, path: str = "train") -> None:
         raise SpecError(f"{path}.restart_epochs", f"{_fmt(restarts)} leaves a cycle of {min(gaps)} epoch(s), not "
                                                   f"longer than train.warmup_epochs ({_fmt(warmup)}): each cycle "
                                                   f"must warm up and then decay")
+
+
+def _taken(count: int, fraction: float) -> int:
+    """Rows a split takes from a class of ``count`` rows (runners.data.stratified_split's rule: at least one and
+    never all of a class of two or more; tests hold the two equal)."""
+    n = int(round(count * fraction))
+    if count >= 2:
+        n = min(max(n, 1), count - 1) if fraction < 1.0 else count
+    return n
+
+
+def synthetic_rows(train: TrainConfig) -> tuple[int, int]:
+    """(training rows, validation rows) the synthetic dataset's splits leave: its classes hold samples // classes
+    or one more rows each; the test split is held out first, validation from the rest, then train_fraction."""
+    q, r = divmod(train.synthetic_samples, train.synthetic_classes)
+    rows = {"train": 0, "val": 0}
+    for size, classes in ((q, train.synthetic_classes - r), (q + 1, r)):
+        pool = size - _taken(size, train.test_fraction)
+        val = _taken(pool, train.val_fraction)
+        kept = pool - val
+        kept = _taken(kept, train.train_fraction) if train.train_fraction < 1.0 else kept
+        rows["train"] += kept * classes
+        rows["val"] += val * classes
+    return rows["train"], rows["val"]
+
+
+def check_splits(train: TrainConfig, path: str = "train") -> None:
+    """Refuse fractions that leave the synthetic dataset no training or validation rows (its size is in the spec,
+    so `search validate` can tell). Every other dataset is accepted whatever the fractions, rightly: each split
+    takes at least one row and never all rows of a class with two or more, so digits, digits_hard, digits_pairs and
+    cifar (hundreds of rows per class) keep rows on every side at any fractions the fields allow; an image folder's
+    size is known only from its files, which `search run` checks before any trial."""
+    values = (train.synthetic_samples, train.synthetic_classes, train.test_fraction, train.val_fraction,
+              train.train_fraction)
+    if train.dataset != "synthetic" or any(is_choice(v) for v in values):
+        return
+    rows, val = synthetic_rows(train)
+    if rows == 0 or val == 0:
+        per_class = train.synthetic_samples / train.synthetic_classes
+        raise SpecError(f"{path}.synthetic_samples", f"{train.synthetic_samples} samples in "
+                        f"{train.synthetic_classes} classes ({per_class:.3g} per class) leave no "
+                        f"{'training' if rows == 0 else 'validation'} rows after the test split "
+                        f"({_fmt(train.test_fraction)}), the validation split ({_fmt(train.val_fraction)}) and "
+                        f"train_fraction ({_fmt(train.train_fraction)}); use at least 3 samples per class")
 
 
 def check_search(search: SearchConfig, path: str = "search") -> None:

@@ -153,6 +153,33 @@ def sample(spec: Spec, suggest: Suggest, check: bool = True) -> Spec:
     return out
 
 
+FEASIBILITY_TRIES = 200  # seeded random samples `search validate` and `search run` draw before calling a space empty
+
+
+def check_feasible(space: Spec, tries: int = FEASIBILITY_TRIES) -> None:
+    """Refuse a search space none of whose architectures can be built (a choice whose every option is impossible,
+    such as cardinalities that divide no width the space offers): every trial of a search would be rejected.
+
+    Seeded random samples are drawn until one passes the cost model's checks (the first does, in a sound space:
+    milliseconds); when all ``tries`` fail, the field that failed most often is named. A space of which only a
+    part is impossible (one block type among several) still validates: its trials there are recorded as
+    infeasible, and the rest is searched."""
+    if space.is_fixed():
+        return
+    suggester = RandomSuggester(0)
+    seen: dict[str, tuple[int, str]] = {}
+    for _ in range(tries):
+        try:
+            sample(space, suggester)
+            return
+        except InfeasibleSample as e:
+            n, _ = seen.get(e.path, (0, ""))
+            seen[e.path] = (n + 1, e.message)
+    path, (n, message) = max(seen.items(), key=lambda kv: kv[1][0])
+    raise SpecError(path, f"no architecture of this space can be built: {tries} random samples were all "
+                          f"infeasible ({n} here, the last: {message}); offer options that fit")
+
+
 class OutsideSpace(SpecError):
     """A fixed architecture asked for a value its space does not offer (so it cannot be enqueued as params)."""
 
@@ -226,7 +253,7 @@ def warm_starts(space: Spec) -> list[tuple[str, dict[str, Any] | None]]:
         try:
             arch = load_spec(path)
         except SpecError as e:
-            raise SpecError(where, f"{path}: {e.path}: {e.message}") from None
+            raise SpecError(where, f"{path}: {e.path}: {e.message}" if e.path else e.message) from None
         if not arch.is_fixed():
             raise SpecError(where, f"{path} is a search space; a warm start must be a fixed architecture "
                                    f"(search compile SPACE --sample --seed N -o ARCH.yaml writes one)")

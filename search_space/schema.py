@@ -22,9 +22,27 @@ MAX_LINE = 1000  # an error is one line; a message longer than this is cut (valu
 MAX_STRING = 4096  # any string value of a spec (paths, URLs, names): PATH_MAX on Linux
 
 
+# A password in a URL's user part (scheme://user:PASSWORD@host) or in its query (?password=PASSWORD): what
+# redact() hides in every error line, whatever echoed the URL (argparse, SQLAlchemy, a driver, our own messages).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@'\"]*):(?P<pw>[^\s'\"]*)@")
+_QUERY_SECRET = re.compile(r"(?P<head>[?&;]\s*(?:ssl)?(?:password|passwd|pwd|pass|secret|token|api_?key)\s*=)"
+                           r"(?P<pw>[^&;\s'\"#]*)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with every password of a URL in it replaced by ``***`` (user part and ``?password=``)."""
+    if "@" in text:
+        text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:***@" if m["pw"] else m[0], text)
+    if "=" in text:
+        text = _QUERY_SECRET.sub(lambda m: f"{m['head']}***", text)
+    return text
+
+
 def one_line(text: str, limit: int = MAX_LINE) -> str:
     """``text`` with control characters and line separators escaped (a key from a file must not break the line
-    or send terminal escapes) and cut to ``limit`` characters, so an error stays one readable line."""
+    or send terminal escapes), URL passwords hidden (:func:`redact`) and cut to ``limit`` characters, so an error
+    stays one readable line that is safe to print and to log."""
+    text = redact(text)
     if not text.isprintable():
         text = "".join(c if c.isprintable() or c == " " else _escape(c) for c in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -185,6 +203,9 @@ def parse_choice(raw: dict, path: str, check_value, tp=None) -> Choice:
             raise SpecError(f"{path}.step", f"{_fmt(step)} must be a positive integer")
         if log and step != 1:
             raise SpecError(f"{path}.step", "step cannot be combined with log")
+        if step > high - low and low < high:  # the range would draw low only: say so rather than search nothing
+            raise SpecError(f"{path}.step", f"{step} is larger than the range {low}..{high}, which then offers only "
+                                            f"{low}; use a step of at most {high - low}, or the fixed value {low}")
         return IntRange(int(low), int(high), step, log)
     if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool)
                              or not math.isfinite(step) or step <= 0):

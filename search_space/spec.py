@@ -9,6 +9,7 @@ position and overrides ``block`` key by key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import stat
 from dataclasses import dataclass
@@ -363,10 +364,22 @@ def check_architecture_limits(spec: Spec) -> None:
         check_limits(architecture_cost(spec.model, input_size=size), "train.image_size")
 
 
+def looks_like_spec(data: dict) -> bool:
+    """Whether a mapping is meant as a spec: one of its top-level keys is a spec key or a near miss of one (a typo
+    such as ``trian`` still gets its "did you mean"). Errors about anything else would echo the keys and values
+    of a file that may hold secrets (a path given by mistake: ``.env``, credentials, a JSON config)."""
+    allowed = [f.name for f in dataclasses.fields(Spec)]
+    return any(isinstance(k, str) and (k in allowed or difflib.get_close_matches(k[:100], allowed, n=1))
+               for k in list(data)[:1000])
+
+
 def parse_spec(data: Any, source: str = "spec") -> Spec:
     """Validate plain YAML data into a :class:`Spec` (a search space, or an architecture if no choices)."""
     if not isinstance(data, dict):
         raise SpecError("", f"{source}: the top level must be a mapping with name, model, train, search")
+    if not looks_like_spec(data):  # a .env, a JSON config, a key file ...: never echo a key or value of it
+        raise SpecError("", f"{source}: not a spec: none of its {len(data)} top-level key(s) is name, model, train "
+                            f"or search (its content is not shown)")
 
     def parse_search(value, p):
         return parse_dataclass(SearchConfig, value, p, allow_choices=False)
@@ -420,8 +433,12 @@ class SpecLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._path: list[str] = []
         self._nodes = 0
+        self._spec_keys = False  # a top-level spec key was seen: the file is meant as a spec, paths may be named
 
     def _where(self) -> str:
+        top = [p for p in self._path[:2] if p]
+        if top and not self._spec_keys and not looks_like_spec({top[0]: None}):
+            return "(a key that is no spec key)"  # a file given by mistake: its keys are not echoed
         return ".".join(p for p in self._path if p)
 
     def _error(self, message: str, mark) -> SpecError:
@@ -433,6 +450,8 @@ class SpecLoader(yaml.SafeLoader):
         else:
             self._path.append(short(str(index.value)) if isinstance(index, yaml.ScalarNode) else
                               ("?" if index is not None else ""))
+        if len(self._path) == 2 and not self._spec_keys and looks_like_spec({self._path[1]: None}):
+            self._spec_keys = True
         try:
             event = self.peek_event()
             if isinstance(event, yaml.AliasEvent):

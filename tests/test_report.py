@@ -125,7 +125,7 @@ def test_report_writes_html_and_pngs(run_dir):
     # offline: plotly.js is inline and nothing is loaded from elsewhere
     assert not re.search(r"<script[^>]+src=", page) and "<link" not in page
     assert "Plotly.newPlot" in page and len(page) > 3_000_000
-    for part in ("Findings", "Pareto front", "Parameter importances", "Design space", "matched params",
+    for part in ("Too few trials to read", "Searched values", "Pareto front", "Parameter importances", "Design space", "matched params",
                  "sortTable", "Block diagrams", "stage 0", "name: tiny"):
         assert part in page, part
     for n in range(10):

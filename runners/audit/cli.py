@@ -13,10 +13,9 @@ def cmd_fidelity(args) -> int:
     import torch
 
     from runners.audit.fidelity import run_fidelity
-    from runners.training.device import cpu_threads
+    from runners.training.device import check_threads, cpu_threads
 
-    if args.threads is not None and args.threads < 1:
-        raise SpecError("--threads", f"{args.threads} must be at least 1")
+    check_threads(args.threads)
     if args.workers < 1:
         raise SpecError("--workers", f"{args.workers} must be at least 1")
     torch.set_num_threads(args.threads or cpu_threads(args.workers))

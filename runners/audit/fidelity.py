@@ -91,6 +91,12 @@ def plan_runs(n: int, proxy_epochs: int, factor: int, seeds: int, base_seed: int
     return runs
 
 
+MAX_N = 10_000  # architectures in one audit
+MAX_SEEDS = 10  # long runs per architecture
+MAX_WORKERS = 256  # processes, as search.workers
+MAX_EPOCHS = 100_000  # a long run's epochs: train.epochs' limit
+
+
 class Audit:
     """One audit's run directory: what is planned, what is done, the figures."""
 
@@ -98,14 +104,29 @@ class Audit:
                  progress: Optional[Progress] = None, device=None, workers: int = 1, worker_index: int = 0):
         if n < 3:
             raise SpecError("--n", f"{n} architectures cannot be ranked; use at least 3")
+        if n > MAX_N:
+            raise SpecError("--n", f"{n} architectures, each trained {1 + seeds} times; at most {MAX_N:,}")
         if factor < 2:
             raise SpecError("--factor", f"{factor} must be at least 2 (the long schedule is factor x the proxy's)")
         if seeds < 1:
             raise SpecError("--seeds", f"{seeds} must be at least 1 (2 or more give the noise ceiling)")
+        if seeds > MAX_SEEDS:
+            raise SpecError("--seeds", f"{seeds} long runs per architecture; at most {MAX_SEEDS} (2 give the noise "
+                                       f"ceiling)")
+        if not 1 <= top_k <= MAX_N:
+            raise SpecError("--top-k", f"{top_k} must be at least 1 (the overlap of the top k) and at most "
+                                       f"{MAX_N:,}")
         if workers < 1:
             raise SpecError("--workers", f"{workers} must be at least 1")
+        if workers > MAX_WORKERS:
+            raise SpecError("--workers", f"{workers} processes; at most {MAX_WORKERS} (each holds a model and its "
+                                         f"data; one per core, or a few per GPU)")
         if is_choice(spec.train.epochs):
             raise SpecError("train.epochs", "the audit needs a fixed proxy epoch count, not a choice")
+        if spec.train.epochs * factor > MAX_EPOCHS:
+            raise SpecError("--factor", f"{factor} x {spec.train.epochs} proxy epochs is a "
+                                        f"{spec.train.epochs * factor:,}-epoch long run; at most {MAX_EPOCHS:,} "
+                                        f"(train.epochs' own limit)")
         self.spec, self.out, self.n, self.factor, self.seeds, self.top_k = spec, Path(out), n, factor, seeds, top_k
         # with workers, lines only: their lines would land inside a status line redrawn in place
         self.progress = progress or Progress(tty=False if workers > 1 else None)

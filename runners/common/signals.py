@@ -91,6 +91,23 @@ def _in_callback(frame) -> bool:
     return False
 
 
+def release(error: BaseException) -> None:
+    """Let go of what code cut short by a stop still holds. A Ctrl-C or SIGTERM that lands inside a SQLite read
+    leaves its cursor alive in the traceback's frames, and an open cursor keeps the database's shared lock: every
+    later write (recording the interrupted trial, another worker) would wait out the busy timeout and fail.
+    Clearing the finished frames of the traceback and collecting the cycles they formed closes the cursor (and
+    frees the tensors an interrupted training step held)."""
+    import gc
+    import traceback
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__context__
+    gc.collect()
+
+
 def stop_error(reason: str = "") -> KeyboardInterrupt:
     """The exception that carries a stop on, after the training it interrupted has returned."""
     return Interrupted(_received) if _received is not None else KeyboardInterrupt(reason)

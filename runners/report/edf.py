@@ -126,6 +126,35 @@ class Effect:
         return "no clear effect"
 
 
+# The design-space view is read from DESIGN_VALUES * trials_to_tell() complete trials on: a choice of four values
+# then gives each about trials_to_tell() trials, the fewest at which a value whose trials beat the median error 3
+# times in 4 (a strong effect) is told from no effect. Below that the report folds the view away with a note.
+DESIGN_VALUES = 4
+STRONG_SHARE = 0.75
+
+
+def trials_to_tell(share: float = STRONG_SHARE, level: float = 0.9, most: int = 1000) -> int:
+    """The fewest trials of one value whose Jeffreys interval (at ``level``) excludes 0.5 when ``share`` of them
+    beat the median error."""
+    for n in range(MIN_TRIALS, most):
+        if share_interval(share, n, level)[0] > 0.5:
+            return n
+    return most
+
+
+def min_design_trials() -> int:
+    """Complete trials from which the design-space view is shown unfolded (see :data:`DESIGN_VALUES`)."""
+    return DESIGN_VALUES * trials_to_tell()
+
+
+def reliability(effect: "Effect") -> tuple:
+    """Sort key, most reliable first: clear verdicts (helps, hurts) by how far their interval stays from 0.5,
+    then values without a clear effect by their number of trials, then those with too few trials."""
+    tier = {"helps": 0, "hurts": 0, "no clear effect": 1}.get(effect.verdict, 2)
+    margin = max(effect.low - 0.5, 0.5 - effect.high)
+    return (tier, -margin if tier == 0 else -effect.trials, -effect.trials)
+
+
 def effects(errors, groups: dict, weights: dict | None = None, level: float = 0.9) -> list[Effect]:
     """One :class:`Effect` per value of ``groups`` (value -> model indices), against the median error of all
     models; ``weights`` (value -> per-model weights) gives the matched-complexity version."""

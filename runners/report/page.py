@@ -1,11 +1,14 @@
 """``search report RUN``: one self-contained HTML page (plotly.js inline, nothing fetched when it is viewed) and
 PNG copies of the main plots (matplotlib), written into the run directory.
 
-It reads the run directory, which every engine writes alike (``run.json``, ``trials/<n>/arch.yaml`` and
-``metrics.json``), and uses an Optuna study only for Optuna's plots and parameter importances: the run's own
-study when its storage can be opened, else one rebuilt in memory from the metrics files. The design-space view
-(error EDFs split by each choice, raw and at matched complexity) follows the RegNet paper; its maths is in
-:mod:`runners.report.edf`.
+It reads only the run directory, which every engine writes alike (``run.json``, ``trials/<n>/arch.yaml`` and
+``metrics.json``), through :class:`search_space.rundir.RunDir`: a run directory is untrusted input (shared on a
+cluster's disk, sent as a tarball), so no link out of it is followed, every file is read with a size limit and
+checked for its types, no storage or file that ``run.json`` merely names is opened, every string from it is
+escaped for the HTML (and for plotly, which renders a subset of HTML in labels), and the page and PNGs are written
+by renaming a temporary file, never through a link. Optuna's plots and importances use a study rebuilt in
+memory from the metrics files. The design-space view (error EDFs split by each choice, raw and at matched
+complexity) follows the RegNet paper; its maths is in :mod:`runners.report.edf`.
 """
 
 from __future__ import annotations
@@ -59,18 +62,20 @@ class Trial:
 
 
 def read_trials(run_dir: Path) -> list[Trial]:
+    from search_space.rundir import RunDir
     from search_space.spec import load_spec
 
     from runners.search.results import records_from_files
 
+    run = RunDir(run_dir)
     trials = []
     for rec in records_from_files(run_dir):
         t = Trial(rec.number, rec.state, rec.attrs)
-        path = run_dir / "trials" / str(rec.number) / "arch.yaml"
-        if path.exists():
-            t.arch_text = path.read_text(encoding="utf-8")
-            try:
-                t.arch = load_spec(path).model
+        rel = f"trials/{rec.number}/arch.yaml"
+        if run.exists(rel):
+            t.arch_text = run.read_text(rel)
+            try:  # parsed as text (a newline keeps load_spec from taking a one-line file for a path)
+                t.arch = load_spec(t.arch_text if "\n" in t.arch_text else t.arch_text + "\n").model
             except SpecError:
                 t.arch = None
         if t.arch is not None:
@@ -151,13 +156,16 @@ def _infer_distributions(trials: list[Trial]) -> dict:
 
 
 def rebuilt_study(trials: list[Trial], objectives: list[str]):
-    """An in-memory study holding the finished trials of the metrics files."""
+    """An in-memory study holding the finished trials of the metrics files. A trial whose parameters do not fit
+    their recorded distributions (a damaged or edited file) enters with the inferred distributions, or, failing
+    that, without parameters: it still counts in the history."""
     import optuna
     from optuna.distributions import json_to_distribution
     from optuna.trial import TrialState, create_trial
 
     from runners.search.trial import direction
 
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     inferred = _infer_distributions(trials)
     study = optuna.create_study(directions=[direction(o) for o in objectives])
     states = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
@@ -166,32 +174,27 @@ def rebuilt_study(trials: list[Trial], objectives: list[str]):
             continue
         params = t.metrics.get("optuna_params") or {}
         given = t.metrics.get("distributions") or {}
-        dists = {k: json_to_distribution(given[k]) if k in given else inferred[k] for k in params}
         values = t.metrics.get("values") or {}
-        complete = t.state == "complete" and all(o in values for o in objectives)
+        complete = t.state == "complete" and all(isinstance(values.get(o), (int, float)) for o in objectives)
         history = [h.get("val_accuracy") for h in t.metrics.get("history") or []]
-        study.add_trial(create_trial(
-            state=states[t.state] if t.state != "complete" or complete else TrialState.FAIL,
-            params=params, distributions=dists, values=[values[o] for o in objectives] if complete else None,
-            intermediate_values={i + 1: v for i, v in enumerate(history) if isinstance(v, (int, float))}
-            if len(objectives) == 1 else None))
+        common = dict(state=states[t.state] if t.state != "complete" or complete else TrialState.FAIL,
+                      values=[values[o] for o in objectives] if complete else None,
+                      intermediate_values={i + 1: v for i, v in enumerate(history)
+                                           if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                      if len(objectives) == 1 else None)
+        for attempt in ("given", "inferred", "none"):
+            try:
+                if attempt == "given":
+                    dists = {k: json_to_distribution(given[k]) if k in given else inferred[k] for k in params}
+                elif attempt == "inferred":
+                    dists = {k: inferred[k] for k in params}
+                else:
+                    params, dists = {}, {}
+                study.add_trial(create_trial(params=params, distributions=dists, **common))
+                break
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue
     return study
-
-
-def open_study(run_dir: Path, info: dict, trials: list[Trial], objectives: list[str]):
-    """(study, where it came from): the run's Optuna study, or one rebuilt from the metrics files."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    if info.get("backend", "optuna") == "optuna" and info.get("storage") and info.get("study_name"):
-        try:
-            from runners.search.storage import open_storage
-
-            storage = open_storage(info["storage"], read_only=True)
-            return optuna.load_study(study_name=info["study_name"], storage=storage), "the run's Optuna study"
-        except Exception:  # noqa: BLE001 - a missing or moved storage: the files still tell the trials
-            pass
-    return rebuilt_study(trials, objectives), "an in-memory study rebuilt from trials/*/metrics.json"
 
 
 def importances(study, objectives: list[str], min_trials: int = 5):
@@ -242,7 +245,44 @@ def fmt_count(n) -> str:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:80]
+
+
+def esc(value, limit: int = 200) -> str:  # noqa: D401
+    """A string from the run directory, cut and escaped for HTML. Plotly labels get it escaped too: plotly.js
+    renders a subset of HTML in names and hover text, and shows the escaped form as the plain text it was."""
+    text = str(value)
+    return html.escape(text if len(text) <= limit else text[:limit - 3] + "...")
+
+
+def mpl(value, limit: int = 60) -> str:
+    """A string from the run directory for a matplotlib label: cut, and ``$`` escaped (mathtext would parse it)."""
+    text = str(value)
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return "".join(c if c.isprintable() else "?" for c in text).replace("$", r"\$")
+
+
+def save_png(fig, run, name: str) -> Path:
+    """Write a matplotlib figure into the run directory by renaming (never through a link); close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return run.write_bytes(name, buf.getvalue())
+
+
+def objective_name(objective: str) -> str:
+    """What an objective is called on an axis: "validation accuracy", "parameters", ... or its own name."""
+    return {"val_accuracy": "validation accuracy", "params": "parameters", "macs": "MACs",
+            "latency": "latency (ms / image)"}.get(objective, objective)
+
+
+def integer_ticks(n: int) -> dict:
+    """Plotly axis settings that put ticks on whole trial numbers only (about ten of them)."""
+    return {"tickmode": "linear", "tick0": 0, "dtick": max(1, math.ceil(n / 10)), "tickformat": "d"}
 
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
@@ -302,23 +342,23 @@ def plotly_edf(view: ChoiceView):
             color = PALETTE[k % len(PALETTE)]
             f, low, high = view.curves[(panel, value)]
             n = next((e.trials for e in view.effects[panel] if e.value == value), len(view.groups[value]))
-            name = f"{value} ({n})"
+            name = f"{esc(value, 60)} ({n})"
             fig.add_trace(go.Scatter(x=np.r_[view.grid, view.grid[::-1]], y=np.r_[high, low[::-1]], fill="toself",
                                      fillcolor=_rgba(color, 0.15), line={"width": 0}, hoverinfo="skip",
-                                     showlegend=False, legendgroup=str(value)), row=1, col=col)
+                                     showlegend=False, legendgroup=esc(value, 60)), row=1, col=col)
             fig.add_trace(go.Scatter(x=view.grid, y=f, mode="lines", line={"color": color, "width": 2.5,
                                                                              "shape": "hv"},
-                                     name=name, legendgroup=str(value), showlegend=col == 1,
-                                     hovertemplate=f"{html.escape(str(value))}: %{{y:.2f}} below error %{{x:.3f}}"
+                                     name=name, legendgroup=esc(value, 60), showlegend=col == 1,
+                                     hovertemplate=f"{esc(value, 60)}: %{{y:.2f}} below error %{{x:.3f}}"
                                                    "<extra></extra>"), row=1, col=col)
         fig.update_xaxes(title_text="validation error", row=1, col=col)
     fig.update_yaxes(title_text="fraction of trials with lower error", range=[0, 1.02], row=1, col=1)
     fig.update_layout(height=340, margin={"l": 60, "r": 20, "t": 40, "b": 45},
-                      legend={"title": {"text": view.label}}, template="plotly_white")
+                      legend={"title": {"text": esc(view.label, 60)}}, template="plotly_white")
     return fig
 
 
-def png_edf(view: ChoiceView, path: Path) -> None:
+def png_edf(view: ChoiceView, run, name: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(view.panels), figsize=(4.2 * len(view.panels), 3.4), sharey=True,
@@ -330,20 +370,19 @@ def png_edf(view: ChoiceView, path: Path) -> None:
             color = PALETTE[k % len(PALETTE)]
             f, low, high = view.curves[(panel, value)]
             ax.fill_between(view.grid, low, high, color=color, alpha=0.15, step="post", linewidth=0)
-            ax.step(view.grid, f, where="post", color=color, lw=2, label=f"{value}")
+            ax.step(view.grid, f, where="post", color=color, lw=2, label=mpl(value))
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel("validation error")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("fraction of trials with lower error")
-    axes[0][0].legend(title=view.label, fontsize=8, title_fontsize=8, loc="lower right")
-    fig.suptitle(f"error EDF by {view.label} (90% bootstrap bands)", fontsize=11)
+    axes[0][0].legend(title=mpl(view.label), fontsize=8, title_fontsize=8, loc="lower right")
+    fig.suptitle(f"error EDF by {mpl(view.label)} (90% bootstrap bands)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return save_png(fig, run, name)
 
 
-def pareto_figures(done: list[Trial], out: Path):
+def pareto_figures(done: list[Trial], run):
     """(plotly figure, png path) of accuracy against params, MACs and latency (where measured)."""
     import matplotlib.pyplot as plt
     import plotly.graph_objects as go
@@ -361,7 +400,7 @@ def pareto_figures(done: list[Trial], out: Path):
         x = np.array([t.get(key) for t in pts], float)
         y = np.array([t.accuracy for t in pts])
         front = pareto_mask(x, y)
-        text = [f"trial {t.number}: {t.metrics.get('blocks', '')}" for t in pts]
+        text = [f"trial {t.number}: {esc(t.metrics.get('blocks') or '', 120)}" for t in pts]
         fig.add_trace(go.Scatter(x=x, y=y, mode="markers", marker={"color": "#9aa5b1", "size": 8}, text=text,
                                  name="trials", showlegend=col == 1,
                                  hovertemplate="%{text}<br>%{x:.3s}, accuracy %{y:.3f}<extra></extra>"),
@@ -385,50 +424,62 @@ def pareto_figures(done: list[Trial], out: Path):
     maxes[0][0].set_ylabel("validation accuracy")
     maxes[0][0].legend(fontsize=8)
     mfig.tight_layout()
-    path = out / "pareto.png"
-    mfig.savefig(path, dpi=110)
-    plt.close(mfig)
-    return fig, path
+    return fig, save_png(mfig, run, "pareto.png")
 
 
-def history_figures(study, objectives: list[str], out: Path):
-    """Optuna's optimization history (objective and best so far), as plotly and as a matplotlib PNG."""
-    import matplotlib.pyplot as plt
+def history_figures(study, objectives: list[str], run):
+    """Optuna's optimization history (objective and best so far), as plotly and as a matplotlib PNG, with the
+    objective's own name on the value axis and whole trial numbers on the other."""
     import optuna.visualization as vis
     import optuna.visualization.matplotlib as vis_mpl
+    from matplotlib.ticker import MaxNLocator
 
-    kw = {} if len(objectives) == 1 else {"target": lambda t: t.values[0], "target_name": objectives[0]}
+    name = objective_name(objectives[0])
+    kw = {"target_name": name}
+    if len(objectives) > 1:
+        kw["target"] = lambda t: t.values[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the matplotlib backend is "experimental"
         fig = vis.plot_optimization_history(study, **kw)
         ax = vis_mpl.plot_optimization_history(study, **kw)
-    fig.update_layout(height=360, template="plotly_white", margin={"l": 60, "r": 20, "t": 40, "b": 45})
+    for trace in fig.data:  # Optuna's hover text holds the parameters as given: names and values from the run
+        if isinstance(trace.text, (list, tuple)):
+            trace.text = [esc(t, 2000) for t in trace.text]
+        elif isinstance(trace.text, str):
+            trace.text = esc(trace.text, 2000)
+        if trace.name:
+            trace.name = esc(trace.name, 60)
+    n = len(study.get_trials(deepcopy=False))
+    fig.update_layout(height=360, template="plotly_white", margin={"l": 60, "r": 20, "t": 40, "b": 45},
+                      title=None)
+    fig.update_xaxes(title_text="trial", **integer_ticks(n))
+    fig.update_yaxes(title_text=esc(name, 60))
+    ax.set_title("")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(mpl(name))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.figure.set_size_inches(7, 3.6)
     ax.figure.tight_layout()
-    path = out / "history.png"
-    ax.figure.savefig(path, dpi=110)
-    plt.close(ax.figure)
-    return fig, path
+    return fig, save_png(ax.figure, run, "history.png")
 
 
-def importance_figures(imp: dict, objective: str, out: Path):
+def importance_figures(imp: dict, objective: str, run):
     import matplotlib.pyplot as plt
     import plotly.graph_objects as go
 
     shown = [(k, v) for k, v in imp.items() if v >= 0.005][:15]  # the rest would be a wall of zero bars
-    names, values = [k for k, _ in shown][::-1], [v for _, v in shown][::-1]
+    names, values = [esc(k, 60) for k, _ in shown][::-1], [v for _, v in shown][::-1]
     fig = go.Figure(go.Bar(x=values, y=names, orientation="h", marker={"color": "#1f77b4"},
                            hovertemplate="%{y}: %{x:.2f}<extra></extra>"))
     fig.update_layout(height=max(220, 28 * len(names) + 80), template="plotly_white",
-                      xaxis_title=f"importance for {objective}", margin={"l": 160, "r": 20, "t": 20, "b": 45})
+                      xaxis_title=f"importance for {esc(objective_name(objective), 60)}",
+                      margin={"l": 160, "r": 20, "t": 20, "b": 45})
     mfig, ax = plt.subplots(figsize=(6, max(2.0, 0.35 * len(names) + 1)))
-    ax.barh(names, values, color="#1f77b4")
-    ax.set_xlabel(f"importance for {objective} (fANOVA)")
+    ax.barh(range(len(names)), values, color="#1f77b4")
+    ax.set_yticks(range(len(names)), [mpl(k) for k, _ in shown][::-1])
+    ax.set_xlabel(f"importance for {mpl(objective_name(objective))} (fANOVA)")
     mfig.tight_layout()
-    path = out / "importances.png"
-    mfig.savefig(path, dpi=110)
-    plt.close(mfig)
-    return fig, path
+    return fig, save_png(mfig, run, "importances.png")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -464,11 +515,11 @@ def block_diagram(arch, in_channels: Optional[int] = None) -> str:
 def effects_table(view: ChoiceView) -> str:
     """Per value: trials, median error, share below the population's median error [90% CI], verdict; raw and
     at matched complexity."""
-    head = "".join(f"<th colspan=3>{html.escape(p)}</th>" for p in view.panels)
+    head = "".join(f"<th colspan=3>{esc(p)}</th>" for p in view.panels)
     sub = "<th>trials</th><th>below median [90% CI]</th><th>verdict</th>" * len(view.panels)
     rows = []
     for value in view.groups:
-        cells = [f"<td><b>{html.escape(str(value))}</b></td>"]
+        cells = [f"<td><b>{esc(str(value))}</b></td>"]
         for panel in view.panels:
             eff = next((e for e in view.effects[panel] if e.value == value), None)
             if eff is None:
@@ -477,12 +528,14 @@ def effects_table(view: ChoiceView) -> str:
             cells.append(f"<td>{eff.trials}</td><td>{eff.share_below_median:.2f} [{eff.low:.2f}, {eff.high:.2f}]"
                          f"</td><td class='{slug(eff.verdict)}'>{eff.verdict}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<table class=effects><tr><th rowspan=2>{html.escape(view.label)}</th>{head}</tr><tr>{sub}</tr>"
+    return (f"<table class=effects><tr><th rowspan=2>{esc(view.label)}</th>{head}</tr><tr>{sub}</tr>"
             + "".join(rows) + "</table>")
 
 
 def summary_rows(views: list[ChoiceView]) -> str:
-    """The headline: every value whose effect is clear (helps or hurts), raw and at matched params."""
+    """Every value of every choice, raw and at matched complexity, most reliable first (see
+    :func:`runners.report.edf.reliability`: clear verdicts by how far their interval stays from 0.5, then the
+    rest by trials), not by the raw size of an effect, which is largest where trials are fewest."""
     rows = []
     for view in views:
         for value in view.groups:
@@ -492,13 +545,13 @@ def summary_rows(views: list[ChoiceView]) -> str:
                 verdicts[panel] = eff
             raw = verdicts["all trials"]
             cells = "".join(
-                f"<td class='{slug(e.verdict)}'>{e.verdict} ({e.share_below_median:.2f}, n={e.trials})</td>"
+                f"<td class='{slug(e.verdict)}'>{e.verdict} ({e.share_below_median:.2f} "
+                f"[{e.low:.2f}, {e.high:.2f}], n={e.trials})</td>"
                 if e is not None else "<td class=muted>-</td>" for e in verdicts.values())
-            strength = abs(raw.share_below_median - 0.5) if raw else 0
-            rows.append((strength, f"<tr><td>{html.escape(view.label)}</td><td><b>{html.escape(str(value))}</b>"
-                                   f"</td>{cells}</tr>"))
-    rows.sort(key=lambda r: -r[0])
-    head = "".join(f"<th>{html.escape(p)}</th>" for p in views[0].panels) if views else ""
+            key = E.reliability(raw) if raw else (3, 0, 0)
+            rows.append((key, f"<tr><td>{esc(view.label)}</td><td><b>{esc(value)}</b></td>{cells}</tr>"))
+    rows.sort(key=lambda r: r[0])
+    head = "".join(f"<th>{esc(p)}</th>" for p in views[0].panels) if views else ""
     return (f"<table class=effects><tr><th>choice</th><th>value</th>{head}</tr>"
             + "".join(r for _, r in rows) + "</table>")
 
@@ -512,7 +565,7 @@ def headline(views: list[ChoiceView], n_done: int) -> str:
         ranked = sorted(view.effects["all trials"], key=lambda e: -e.share_below_median)
         matched = {e.value: e for e in view.effects[view.panels[-1]]} if len(view.panels) > 1 else {}
         items = ", ".join(
-            f"<b>{html.escape(str(e.value))}</b> {e.share_below_median:.2f} (n={e.trials}"
+            f"<b>{esc(str(e.value))}</b> {e.share_below_median:.2f} (n={e.trials}"
             + (f"; {view.panels[-1]}: {matched[e.value].share_below_median:.2f}" if e.value in matched else "")
             + ")" for e in ranked)
         parts.append(f"<li>Block types, by the share of the trials containing them that beat the median error "
@@ -525,7 +578,7 @@ def headline(views: list[ChoiceView], n_done: int) -> str:
                     also = [p for p in view.panels[1:] if any(m.value == e.value and m.verdict == verdict
                                                               for m in view.effects[p])]
                     where = "; also at " + ", ".join(also) if also else "; not at matched complexity"
-                    found.append(f"{html.escape(view.label)} = <b>{html.escape(str(e.value))}</b> "
+                    found.append(f"{esc(view.label)} = <b>{esc(str(e.value))}</b> "
                                  f"({e.trials} trials{where})")
         if found:
             parts.append(f"<li><span class='{verdict}'>{verdict.capitalize()}</span>: {'; '.join(found)}.</li>")
@@ -535,7 +588,25 @@ def headline(views: list[ChoiceView], n_done: int) -> str:
     return "<ul class=headline>" + "".join(parts) + "</ul>"
 
 
-def trial_table(trials: list[Trial], objectives: list[str]) -> str:
+def searched_params(trials: list[Trial]) -> list[str]:
+    """Every parameter the search asked for (Optuna's names: ``stages.0.depth``, ``train.lr``), in the order
+    they first appear."""
+    names: dict[str, None] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        names.update(dict.fromkeys(t.metrics.get("optuna_params") or {}))
+    return list(names)
+
+
+def fmt_param(v) -> str:
+    if isinstance(v, float) and not isinstance(v, bool):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def trial_table(trials: list[Trial], objectives: list[str], params: list[str] = ()) -> str:
+    """Every trial, best first, with its results and then every value it was given for each searched parameter
+    (continuous ones such as the learning rate included); blank where a trial was not asked (a conditional
+    parameter)."""
     cols = [("trial", lambda t: t.number, str), ("state", lambda t: t.state, str),
             ("val acc", lambda t: t.accuracy, lambda v: f"{v:.4f}"),
             ("params", lambda t: t.get("params"), fmt_count), ("MACs", lambda t: t.get("macs"), fmt_count),
@@ -543,17 +614,83 @@ def trial_table(trials: list[Trial], objectives: list[str]) -> str:
             ("seconds", lambda t: t.get("seconds"), lambda v: f"{v:.1f}"),
             ("epochs", lambda t: t.get("epochs"), str), ("blocks (per stage)", lambda t: t.get("blocks"), str),
             ("reason", lambda t: t.get("reason"), str)]
-    head = "".join(f"<th onclick='sortTable(this)'>{c}</th>" for c, _, _ in cols)
+    cols += [(name, lambda t, n=name: (t.metrics.get("optuna_params") or {}).get(n), fmt_param) for name in params]
+    head = "".join(f"<th onclick='sortTable(this)'{' class=param' if i >= 10 else ''}>{esc(c, 80)}</th>"
+                   for i, (c, _, _) in enumerate(cols))
     rows = []
     for t in sorted(trials, key=lambda t: -(t.accuracy or -1)):
         cells = []
         for _, get, fmt in cols:
             v = get(t)
-            shown = "" if v is None or v == "" else html.escape(fmt(v))
+            shown = "" if v is None or v == "" else esc(fmt(v), 300)
             key = v if isinstance(v, (int, float)) and not isinstance(v, bool) else shown
-            cells.append(f"<td data-key='{html.escape(str(key))}'>{shown}</td>")
+            cells.append(f"<td data-key='{esc(key, 300)}'>{shown}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table id=trials class=sortable><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return (f"<div class=scroll><table id=trials class=sortable><thead><tr>{head}</tr></thead><tbody>"
+            f"{''.join(rows)}</tbody></table></div>")
+
+
+def slice_figures(trials: list[Trial], objectives: list[str], params: list[str], run):
+    """(plotly figure, png path or None): the first objective of every complete trial against the value it was
+    given, one parameter at a time (Optuna dashboard's slice plot): a menu picks the parameter, log axes for
+    log-scaled ranges, categories for choices. The PNG holds the continuous parameters (floats), where a table
+    of values reads worst."""
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    objective = objectives[0]
+    done = [t for t in trials if t.state == "complete"
+            and isinstance((t.metrics.get("values") or {}).get(objective), (int, float))]
+    dists = _infer_distributions(done)
+    shown = [p for p in params if p in dists]
+    if not done or not shown:
+        return None, None
+    name = objective_name(objective)
+    fig = go.Figure()
+    buttons = []
+    for i, p in enumerate(shown):
+        pts = [t for t in done if p in (t.metrics.get("optuna_params") or {})]
+        dist = dists[p]
+        categorical = isinstance(dist, CategoricalDistribution)
+        x = [esc(fmt_param(t.metrics["optuna_params"][p]), 60) if categorical else t.metrics["optuna_params"][p]
+             for t in pts]
+        fig.add_trace(go.Scatter(
+            x=x, y=[t.metrics["values"][objective] for t in pts], mode="markers", visible=i == 0,
+            marker={"size": 9, "color": [t.number for t in pts], "colorscale": "Blues", "showscale": i == 0,
+                    "colorbar": {"title": {"text": "trial"}, "tickformat": "d"}, "line": {"width": 1,
+                                                                                         "color": "#333"}},
+            text=[f"trial {t.number}" for t in pts], name=esc(p, 60),
+            hovertemplate="%{text}: %{x}, " + esc(name, 40) + " %{y:.4g}<extra></extra>"))
+        axis = "category" if categorical else "log" if getattr(dist, "log", False) else "linear"
+        buttons.append({"label": esc(p, 60), "method": "update",
+                        "args": [{"visible": [j == i for j in range(len(shown))]},
+                                 {"xaxis.type": axis, "xaxis.title.text": esc(p, 60)}]})
+    first = dists[shown[0]]
+    fig.update_layout(height=380, template="plotly_white", margin={"l": 60, "r": 20, "t": 50, "b": 45},
+                      updatemenus=[{"buttons": buttons, "direction": "down", "x": 0, "y": 1.18,
+                                    "xanchor": "left", "showactive": True}] if len(shown) > 1 else [],
+                      xaxis={"title": {"text": esc(shown[0], 60)},
+                             "type": "category" if isinstance(first, CategoricalDistribution)
+                             else "log" if getattr(first, "log", False) else "linear"},
+                      yaxis={"title": {"text": esc(name, 60)}})
+    floats = [p for p in shown if isinstance(dists[p], FloatDistribution)][:6]
+    png = None
+    if floats:
+        mfig, axes = plt.subplots(1, len(floats), figsize=(4.2 * len(floats), 3.4), sharey=True, squeeze=False)
+        for ax, p in zip(axes[0], floats):
+            pts = [t for t in done if p in (t.metrics.get("optuna_params") or {})]
+            ax.scatter([t.metrics["optuna_params"][p] for t in pts], [t.metrics["values"][objective] for t in pts],
+                       c=[t.number for t in pts], cmap="Blues", edgecolors="#333", s=30)
+            if dists[p].log:
+                ax.set_xscale("log")
+            ax.set_xlabel(mpl(p))
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(mpl(name))
+        mfig.suptitle(f"{mpl(name)} by searched value (darker: later trial)", fontsize=11)
+        mfig.tight_layout()
+        png = save_png(mfig, run, "slice.png")
+    return fig, png
 
 
 CSS = """
@@ -566,7 +703,8 @@ td.helps{background:#d9f2dd;font-weight:600} td.hurts{background:#f9dcdc} td.no_
 td.too_few_trials{color:#999} pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px}
 details{margin:2px 0} span.helps{background:#d9f2dd;font-weight:600;padding:0 4px}
 span.hurts{background:#f9dcdc;font-weight:600;padding:0 4px} ul.headline li{margin:4px 0}
-.plot{margin:6px 0 18px 0} .choice{margin-top:22px}
+.plot{margin:6px 0 18px 0} .choice{margin-top:22px} div.scroll{overflow-x:auto;max-width:100%}
+th.param{background:#eef3fb} summary{cursor:pointer}
 """
 
 SORT_JS = """
@@ -582,18 +720,58 @@ const c=(!isNaN(nx)&&!isNaN(ny))?nx-ny:x.localeCompare(y);return asc?c:-c});rows
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _spec_text(run_dir: Path, info: dict) -> tuple[str, str]:
+SPEC_COPY = "spec.yaml"  # the copy of its spec that `search run` keeps in the run directory
+
+
+def _spec_text(run, info: dict) -> tuple[str, str]:
+    """(where it came from, text) of the run's spec: the copy inside the run directory, or a mapping in run.json.
+    A path that run.json merely names is never opened: it may point anywhere (``/etc/passwd``)."""
+    if run.exists(SPEC_COPY):
+        return SPEC_COPY, run.read_text(SPEC_COPY)
     spec = info.get("spec")
     if isinstance(spec, dict):
         import yaml
 
         return "run.json", yaml.safe_dump(spec, sort_keys=False)
     if isinstance(spec, str):
-        for cand in (Path(spec), run_dir.parent / spec, run_dir / Path(spec).name):
-            if cand.is_file():
-                return str(spec), cand.read_text(encoding="utf-8")
-        return str(spec), f"(the spec file {spec} is not readable from here)"
+        return spec, (f"(not shown: the run directory holds no {SPEC_COPY}, and a report embeds only files of its "
+                      f"run directory, never a path that run.json names)")
     return "", "(run.json names no spec)"
+
+
+def design_section(views: list, n_done: int) -> str:
+    """The design-space view: a note and the rule when there are too few trials to read it (its panels folded
+    away), then the table of every value, most reliable first, and one folded panel per choice."""
+    need = E.min_design_trials()
+    rule = (f"<p class=note><b>Rule:</b> read this section from {need} complete trials on. A choice of "
+            f"{E.DESIGN_VALUES} values then gives each about {E.trials_to_tell()}, the fewest at which a value "
+            f"whose trials beat the median error {E.STRONG_SHARE:.0%} of the time is told from no effect (its 90% "
+            f"interval clears 0.5); a value gets a verdict only from {E.MIN_TRIALS} trials.</p>")
+    if not views:
+        return (f"<p class=note>Too few trials to read: {n_done} complete; the view needs at least 4 and a choice "
+                f"with two values that each have 2 trials.</p>" + rule)
+    enough = n_done >= need
+    out = [] if enough else [f"<p class=note><b>Too few trials to read:</b> {n_done} complete, fewer than {need}. "
+                             f"What follows is folded away: at this size its verdicts are mostly \"too few "
+                             f"trials\" or \"no clear effect\", and differences between curves are noise.</p>"]
+    out.append(rule)
+    table = ("<p class=note>For every value of every choice: the share of its trials whose error is below the "
+             "median error of all complete trials, with a 90% interval (Jeffreys, on the effective number of "
+             "trials). <b>helps</b>: the whole interval is above 0.5; <b>hurts</b>: below. <i>matched "
+             "params/macs</i> reweights trials so that each complexity bucket counts equally for every value "
+             "(RegNet's normalized EDF), so a value is not credited for merely making bigger networks. A trial "
+             "counts for every value it contains. Most reliable first: clear verdicts by how far their interval "
+             "stays from 0.5, then the rest by trials.</p>" + summary_rows(views))
+    panels = "".join(
+        f"<details class=choice><summary>{esc(view.label)}: EDFs and effects</summary>" + effects_table(view)
+        + f"<div class=plot>{plotly_edf(view).to_html(full_html=False, include_plotlyjs=False)}</div></details>"
+        for view in views)
+    body = ("<p class=note>Each curve is the fraction of a value's trials with error below x (Radosavovic et al. "
+            "2020, <i>Designing Network Design Spaces</i>); a curve further up and left is better. Shaded: 90% "
+            "bootstrap band. Legend: value (trials). Click a choice to open its panel.</p>" + table + panels)
+    if enough:
+        return "".join(out) + body
+    return "".join(out) + f"<details><summary>show the design-space view anyway</summary>{body}</details>"
 
 
 def write_report(run_dir: Path, n_boot: int = 400) -> dict:
@@ -603,34 +781,44 @@ def write_report(run_dir: Path, n_boot: int = 400) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
-    from runners.search.results import read_run_info
+    from search_space.rundir import RunDir
 
-    info = read_run_info(run_dir)
+    run = RunDir(run_dir)
+    info = run.info()
     objectives = list(info.get("objectives") or ["val_accuracy"])
     trials = read_trials(run_dir)
     if not trials:
         raise SpecError("", f"{run_dir}: no finished trials yet (trials/*/metrics.json); nothing to report")
     done = [t for t in trials if t.state == "complete" and t.accuracy is not None and t.arch is not None]
-    study, study_source = open_study(run_dir, info, trials, objectives)
+    study = rebuilt_study(trials, objectives)
+    params = searched_params(trials)
     pngs, sections, notes = [], [], []
 
     figs = []  # (title, explanation, plotly figure)
     if study.get_trials(deepcopy=False, states=None):
         try:
-            fig, png = history_figures(study, objectives, run_dir)
-            figs.append(("Optimization history", f"{objectives[0]} of every trial in order, and the best so far "
-                         f"(from {study_source}).", fig))
+            fig, png = history_figures(study, objectives, run)
+            figs.append(("Optimization history", f"{objective_name(objectives[0])} of every trial in order, and the "
+                         f"best so far (from an in-memory study rebuilt from trials/*/metrics.json: the report "
+                         f"reads only its run directory and opens no storage).", fig))
             pngs.append(png)
         except (ValueError, RuntimeError) as e:
             notes.append(f"history skipped: {e}")
+    fig, png = slice_figures(trials, objectives, params, run)
+    if fig is not None:
+        figs.append(("Searched values", f"{objective_name(objectives[0])} of every complete trial against the value "
+                     f"it was given, one parameter at a time (the menu picks it; darker: later trial). Continuous "
+                     f"values such as the learning rate read here best.", fig))
+        if png is not None:
+            pngs.append(png)
     if done:
-        fig, png = pareto_figures(done, run_dir)
+        fig, png = pareto_figures(done, run)
         figs.append(("Pareto front", "Validation accuracy against cost; red: trials no other trial beats on both "
                      "(higher accuracy at lower cost). Hover a point for its blocks.", fig))
         pngs.append(png)
     imp, imp_note = importances(study, objectives)
     if imp:
-        fig, png = importance_figures(imp, objectives[0], run_dir)
+        fig, png = importance_figures(imp, objectives[0], run)
         figs.append(("Parameter importances", imp_note + ".", fig))
         pngs.append(png)
 
@@ -644,26 +832,7 @@ def write_report(run_dir: Path, n_boot: int = 400) -> dict:
         for label, groups in informative(done).items():
             view = choice_view(label, {v: np.array(i) for v, i in groups.items()}, errors, cost, n_boot)
             views.append(view)
-            png = run_dir / f"edf_{slug(label)}.png"
-            png_edf(view, png)
-            pngs.append(png)
-    design = []
-    if views:
-        design.append("<h3>Which values help</h3><p class=note>For every value of every choice: the share of "
-                      "its trials whose error is below the median error of all complete trials, with a 90% "
-                      "interval (Jeffreys, on the effective number of trials). <b>helps</b>: the whole interval is "
-                      "above 0.5; <b>hurts</b>: below. "
-                      "<i>matched params/macs</i> reweights trials so that each complexity bucket counts equally "
-                      "for every value (RegNet's normalized EDF), so a value is not credited for merely making "
-                      "bigger networks. A trial counts for every value it contains (a stage with sk and se blocks "
-                      "counts for both). Sorted by the size of the raw effect.</p>" + summary_rows(views))
-        for view in views:
-            design.append(f"<div class=choice><h3>{html.escape(view.label)}</h3>" + effects_table(view)
-                          + f"<div class=plot>{plotly_edf(view).to_html(full_html=False, include_plotlyjs=False)}"
-                          f"</div></div>")
-    else:
-        design.append(f"<p class=note>Skipped: {len(done)} complete trial(s); the design-space view needs at least 4 "
-                      f"and a choice with two values that each have 2 trials.</p>")
+            pngs.append(png_edf(view, run, f"edf_{slug(label)}.png"))
 
     blocks = []
     for t in sorted(trials, key=lambda t: t.number):
@@ -673,39 +842,37 @@ def write_report(run_dir: Path, n_boot: int = 400) -> dict:
             text = block_diagram(t.arch)
         except SpecError as e:
             text = f"(cannot draw: {e})"
-        acc = f"val {t.accuracy:.4f}" if t.accuracy is not None else t.state
-        blocks.append(f"<details><summary>trial {t.number}: {acc}, {html.escape(str(t.get('blocks') or ''))}"
+        acc = f"val {t.accuracy:.4f}" if t.accuracy is not None else esc(t.state)
+        blocks.append(f"<details><summary>trial {t.number}: {acc}, {esc(t.get('blocks') or '')}"
                       f"</summary><pre>{html.escape(text)}</pre></details>")
-    spec_name, spec_text = _spec_text(run_dir, info)
+    spec_name, spec_text = _spec_text(run, info)
 
     c = {s: sum(t.state == s for t in trials) for s in ("complete", "pruned", "failed")}
     best = max(done, key=lambda t: t.accuracy) if done else None
-    head = (f"<h1>{html.escape(str(info.get('name')))}: search report</h1><p class=note>{len(trials)} trials "
+    head = (f"<h1>{esc(info.get('name'))}: search report</h1><p class=note>{len(trials)} trials "
             f"({c['complete']} complete, {c['pruned']} pruned, {c['failed']} failed); objectives "
-            f"{', '.join(objectives)}; engine {html.escape(str(info.get('backend', 'optuna')))}"
+            f"{esc(', '.join(objectives))}; engine {esc(info.get('backend', 'optuna'))}"
             + (f"; best: trial {best.number}, validation accuracy {best.accuracy:.4f}, "
-               f"{fmt_count(best.get('params'))} params, blocks {html.escape(str(best.get('blocks')))}" if best else "")
+               f"{fmt_count(best.get('params'))} params, blocks {esc(best.get('blocks'))}" if best else "")
             + ". Errors below are 1 - validation accuracy of complete trials; pruned and failed trials are left "
               "out of the EDFs.</p>")
-    if views:
+    if views and len(done) >= E.min_design_trials():
         sections.append("<h2>Findings</h2>" + headline(views, len(done)))
     for title, note, fig in figs:
-        sections.append(f"<h2>{title}</h2><p class=note>{html.escape(note)}</p><div class=plot>"
+        sections.append(f"<h2>{title}</h2><p class=note>{esc(note, 2000)}</p><div class=plot>"
                         f"{fig.to_html(full_html=False, include_plotlyjs=False)}</div>")
     if not imp:
-        sections.append(f"<h2>Parameter importances</h2><p class=note>{html.escape(imp_note)}</p>")
-    sections.append("<h2>Design space: error EDFs by choice</h2><p class=note>Each curve is the fraction of a "
-                    "value's trials with error below x (Radosavovic et al. 2020, <i>Designing Network Design "
-                    "Spaces</i>); a curve further up and left is better. Shaded: 90% bootstrap band. Legend: "
-                    "value (trials).</p>" + "".join(design))
-    sections.append("<h2>Trials</h2><p class=note>Click a column to sort.</p>" + trial_table(trials, objectives))
+        sections.append(f"<h2>Parameter importances</h2><p class=note>{esc(imp_note, 2000)}</p>")
+    sections.append("<h2>Design space: error EDFs by choice</h2>" + design_section(views, len(done)))
+    sections.append("<h2>Trials</h2><p class=note>Click a column to sort; the shaded columns are the values the "
+                    "search gave each trial (blank: not asked).</p>" + trial_table(trials, objectives, params))
     sections.append("<h2>Block diagrams</h2>" + "".join(blocks))
-    sections.append(f"<h2>Spec</h2><p class=note>{html.escape(spec_name)}</p><pre>{html.escape(spec_text)}</pre>")
+    sections.append(f"<h2>Spec</h2><details><summary>{esc(spec_name)}</summary><pre>{html.escape(spec_text)}</pre>"
+                    f"</details>")
     if notes:
-        sections.append("<p class=note>" + "<br>".join(html.escape(n) for n in notes) + "</p>")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(str(info.get('name')))} report"
+        sections.append("<p class=note>" + "<br>".join(esc(n, 500) for n in notes) + "</p>")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(info.get('name'))} report"
             f"</title><style>{CSS}</style><script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script>"
             f"<script>{SORT_JS}</script></head><body>{head}{''.join(sections)}</body></html>")
-    out = run_dir / "report.html"
-    out.write_text(page, encoding="utf-8")
+    out = run.write_text("report.html", page)
     return {"html": out, "png": pngs, "plots": len(figs) + len(views), "choices": [v.label for v in views]}

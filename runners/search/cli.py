@@ -47,10 +47,18 @@ def apply_overrides(spec, args):
 def cmd_run(args) -> int:
     from search_space.spec import load_spec
 
+    from search_space.sampling import check_feasible
+
+    from runners.training.device import check_threads
+    from runners.search.recipe import check_run_dir
+
     spec = apply_overrides(load_spec(args.space), args)
-    if args.threads is not None and args.threads < 1:
-        raise SpecError("--threads", f"{args.threads} must be at least 1")
+    check_feasible(spec)  # as `search validate` does: a space none of whose samples can be built is refused
+    check_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / spec.name
+    note = check_run_dir(out, spec, continue_anyway=args.continue_anyway)  # one engine, one recipe per study
+    if note:
+        print(note, file=sys.stderr)
     ray_only = [flag for flag, value in (("--address", args.address), ("--gpus-per-trial", args.gpus_per_trial),
                                          ("--cpus-per-trial", args.cpus_per_trial),
                                          ("--max-concurrent", args.max_concurrent),
@@ -61,12 +69,15 @@ def cmd_run(args) -> int:
         if spec.search.backend == "ray":
             from runners.search.ray_engine import run_ray_search
 
-            summary = run_ray_search(spec, out, spec_path=str(args.space), address=args.address,
-                                     gpus_per_trial=args.gpus_per_trial or 0.0,
-                                     cpus_per_trial=args.cpus_per_trial or 1.0, max_concurrent=args.max_concurrent,
-                                     storage_path=args.storage_path)
+            summary = run_ray_search(
+                spec, out, spec_path=str(args.space), address=args.address,
+                gpus_per_trial=args.gpus_per_trial if args.gpus_per_trial is not None else 0.0,
+                cpus_per_trial=args.cpus_per_trial if args.cpus_per_trial is not None else 1.0,
+                max_concurrent=args.max_concurrent, storage_path=args.storage_path)
             if summary.get("interrupted"):
-                raise KeyboardInterrupt
+                from runners.common.signals import Interrupted
+
+                raise Interrupted(summary["signal"]) if summary.get("signal") else KeyboardInterrupt
         else:
             from runners.search.optuna_engine import run_search
 
@@ -128,8 +139,15 @@ def add_parser(sub) -> None:
     g.add_argument("--threads", type=int, help="torch threads per worker on the CPU (default: the idle cores)")
     g.add_argument("--backend", choices=hints(SearchConfig)["backend"].__args__,
                    help="search engine: optuna (default) or ray (Ray Tune)")
+    g.add_argument("--continue-anyway", action="store_true",
+                   help="resume a study although the recipe changed (epochs, dataset, image size, objectives, "
+                        "budgets, the space): its old and new trials then do not compare")
     g = p.add_argument_group("Ray Tune (with --backend ray)")
-    g.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (default: start a local Ray)")
+    from runners.search.ray_cluster import CONNECT_TIMEOUT_S, GCS_TIMEOUT_S
+
+    g.add_argument("--address", help=f"join a running Ray cluster: auto or HOST:PORT, refused after at most "
+                                     f"{CONNECT_TIMEOUT_S + GCS_TIMEOUT_S:g} s when no Ray answers there (default: "
+                                     f"start a local Ray, on loopback only)")
     g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (default 0)")
     g.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
     g.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the resources fit)")

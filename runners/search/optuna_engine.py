@@ -35,11 +35,12 @@ from runners.search.rules import (
 from runners.search.results import final_training, status_head, trial_line, write_results
 from runners.common import signals
 from runners.common.signals import Interrupted, StopSignals, die_with_parent, processes_beside, stop_error
+from runners.search.recipe import recipe
 from runners.search.storage import (
     RunLock, check_study_known, check_study_present, check_workers, claim, heartbeat, is_sqlite, masked,
     open_storage, recover_lost_trials, retry_trial, sqlite_path, storage_url, without_password, worker_identity)
 from runners.search.trial import (
-    DataCache, Evaluator, Outcome, TrialHooks, direction, first_line, is_disk_full, preflight, trial_dir,
+    DataCache, Evaluator, Outcome, TrialHooks, copy_spec, direction, first_line, is_disk_full, preflight, trial_dir,
     write_json, write_text)
 
 TELL = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "failed": TrialState.FAIL}
@@ -276,8 +277,12 @@ class SearchRun:
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
+            import errno
+
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            advice = "free space (or raise the quota) and rerun" if full else "choose a writable --out"
             raise SpecError("--out", f"cannot write the run directory {self.out}: {e.strerror or e}; "
-                                     f"choose a writable --out") from None
+                                     f"{advice}") from None
 
     def _enqueue_warm_starts(self, warm: list[tuple[str, Optional[dict]]]) -> None:
         seen = {t.user_attrs.get("warm_start") for t in self.study.get_trials(deepcopy=False)}
@@ -290,7 +295,9 @@ class SearchRun:
         write_json(self.out / "run.json", {
             "name": self.spec.name, "backend": "optuna", "spec": self.spec_path,
             "storage": without_password(self.url), "study_name": self.study.study_name,
-            "objectives": self.objectives, "trials": self.spec.search.trials, "top": self.spec.search.top})
+            "objectives": self.objectives, "trials": self.spec.search.trials, "top": self.spec.search.top,
+            "recipe": recipe(self.spec)})
+        copy_spec(self.spec_path, self.out)
 
     def close(self) -> None:
         if self.lock is not None:
@@ -364,6 +371,7 @@ class SearchRun:
                     write_json(pending_path(self.out, trial.number), outcome.info)
         except KeyboardInterrupt as e:
             signals.acknowledge()
+            signals.release(e)  # a stop inside a SQLite read must not leave its lock behind
             self._stop(trial, "interrupted", f"interrupted by {e if str(e).startswith('SIG') else 'the user'}")
             raise
         except SpecError as e:  # bad input only a trial could find (the data of a sampled recipe)
@@ -466,18 +474,44 @@ def run_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress:
         run = SearchRun(spec, Path(out), progress or Progress(), spec_path=spec_path)
         try:
             return _run(run, threads)
-        except Exception as e:  # noqa: BLE001 - a full disk (files or the study's database) ends with one line
+        except SpecError:
+            raise  # already one line with its own advice
+        except Exception as e:  # noqa: BLE001 - a full disk or a damaged study file ends with one line
             why = write_failure(e)
-            if why is None:
+            if why is not None:
+                raise SpecError("--out", f"{why}; {write_advice(why, out)}") from None
+            damaged = damage(e)
+            if damaged is None:
                 raise
-            raise SpecError("--out", f"{why}; free space (or fix the permissions) and rerun the same command to "
-                                     f"resume") from None
+            raise SpecError("search.storage", f"the study in {masked(run.url)} is damaged ({damaged}); restore it "
+                                              f"from a copy, or start fresh with another --out") from None
         finally:
             run.close()
 
 
 DISK_FULL_WORDS = ("disk is full", "disk i/o error", "readonly database", "read-only file system",
                    "no space left", "file too large", "quota exceeded")
+
+
+def write_advice(why: str, out: Path) -> str:
+    """Advice that works for a write that failed: room for a full disk; permissions for a read-only place (where a
+    plain rerun would be refused until they are fixed)."""
+    lower = why.lower()
+    if any(w in lower for w in ("read-only", "readonly", "permission", "not permitted")):
+        return (f"make {out} writable again and rerun the same command to resume (or start fresh with a writable "
+                f"--out)")
+    return "free space (or raise the quota) and rerun the same command to resume"
+
+
+def damage(error: BaseException) -> Optional[str]:
+    """SQLite's words when the study file is damaged (a bad page met during the search), else None."""
+    seen = error
+    while seen is not None:
+        text = first_line(seen)
+        if any(w in text.lower() for w in ("malformed", "not a database", "database corrupt")):
+            return text.removeprefix("(sqlite3.DatabaseError) ")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def write_failure(error: BaseException) -> Optional[str]:

@@ -30,9 +30,12 @@ from search_space.schema import SpecError
 from search_space.spec import Spec
 
 from runners.common.progress import Progress
+from runners.search.ray_cluster import RayStops, check_fits_nodes, check_per_trial, connect, quiet_trial_errors
+from runners.search.recipe import recipe
 from runners.search.records import counts
 from runners.search.results import final_training, records_from_files, status_head, trial_line, write_results
-from runners.search.trial import DataCache, Evaluator, TrialHooks, direction, write_json, write_trial
+from runners.search.trial import (DataCache, Evaluator, TrialHooks, copy_spec, direction, write_json,
+                                  write_trial)
 
 EXPERIMENT = "ray"  # the experiment's folder under storage_path
 META = "__"  # config keys that are not sampled parameters start with this
@@ -350,26 +353,6 @@ def _error_line(trial) -> str:
     return (text[-1] if text else "the trial's worker failed")[:300]
 
 
-def connect(address: Optional[str], num_cpus: Optional[int]) -> None:
-    """Join a running cluster (``auto`` or HOST:PORT) or start a local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    quiet = dict(logging_level=logging.ERROR, log_to_driver=False, include_dashboard=False)
-    try:
-        if address:
-            ray.init(address=address, **quiet)
-        else:  # "local": always a new Ray of our own, never a cluster that happens to run on this machine
-            ray.init(address="local", num_cpus=num_cpus, **quiet)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        hint = (" (the cluster uses token authentication: export RAY_AUTH_MODE=token, with the head's "
-                "~/.ray/auth_token here or in RAY_AUTH_TOKEN)" if "auth" in str(e).lower() else "")
-        raise SpecError("--address", f"cannot reach a Ray cluster at {address!r}: {str(e).splitlines()[0][:200]}"
-                                     f"{hint}; start one with `ray start --head`, or leave --address out for a local "
-                                     f"Ray") from None
-
-
 def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress: Optional[Progress] = None,
                    address: Optional[str] = None, gpus_per_trial: float = 0.0, cpus_per_trial: float = 1.0,
                    max_concurrent: Optional[int] = None, storage_path: Optional[str] = None) -> dict:
@@ -377,17 +360,16 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # rejected trials report no accuracy
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
-    if not address:  # a local Ray started here listens on loopback only (Ray reads this when it is imported)
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    check_per_trial(cpus_per_trial, "--cpus-per-trial", 0.0)
+    check_per_trial(gpus_per_trial, "--gpus-per-trial", 0.0)
+    if max_concurrent is not None and max_concurrent < 1:
+        raise SpecError("--max-concurrent", f"{max_concurrent} must be at least 1")
+    check_storage_path(storage_path)
     try:
-        import ray
-        from ray import tune
+        import ray.tune  # noqa: F401 - only to say how to install it, before anything runs
     except ImportError:
         raise SpecError("--backend", "ray needs Ray Tune, which is not installed: pip install 'ray[tune]' "
                                      "(or this package's [ray] extra)") from None
-
-    from runners.search.rules import max_epochs, warmup_end
-    from runners.training.device import resolve_device
 
     import optuna
 
@@ -398,18 +380,47 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
     objectives = list(search.objectives)
     if len(set(objectives)) != len(objectives) or not objectives:
         raise SpecError("search.objectives", f"{objectives} must name each objective once")
-    if cpus_per_trial <= 0 or gpus_per_trial < 0:
-        raise SpecError("--cpus-per-trial", f"cpus {cpus_per_trial:g} and gpus {gpus_per_trial:g} per trial must be "
-                        f"positive (gpus may be 0)")
-    if max_concurrent is not None and max_concurrent < 1:
-        raise SpecError("--max-concurrent", f"{max_concurrent} must be at least 1")
+    with RayStops() as stops:  # SIGTERM/SIGHUP: before Tune runs, Interrupted; while it runs, Tune's own stop
+        return _run_ray(spec, out, spec_path, progress, address, gpus_per_trial, cpus_per_trial, max_concurrent,
+                        storage_path, stops)
+
+
+def check_storage_path(storage_path: Optional[str]) -> None:
+    """--storage-path is a directory (made if missing) or a URI such as s3://bucket/path."""
+    if not storage_path or "://" in storage_path:
+        return
+    path = Path(storage_path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise SpecError("--storage-path", f"{storage_path}: not a directory; give a directory (every node must "
+                                          f"mount it on a multi-node cluster) or a URI such as s3://bucket/path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SpecError("--storage-path", f"{storage_path}: cannot create the directory ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SpecError("--storage-path", f"{storage_path}: the directory is not writable")
+
+
+def _run_ray(spec: Spec, out: Path, spec_path, progress, address, gpus_per_trial, cpus_per_trial, max_concurrent,
+             storage_path, stops: RayStops) -> dict:
+    import ray
+    from ray import tune
+
+    from runners.search.rules import max_epochs, warmup_end
+    from runners.training.device import resolve_device
+
+    search = spec.search
+    objectives = list(search.objectives)
     warm = warm_starts(spec)
     if not address:  # the data and recipe every trial shares, checked once before any trial (exit 2 on bad input);
         from runners.search.trial import preflight
 
         preflight(spec, resolve_device(spec.train.device), DataCache())
     connect(address, None)
+    stops.install_again()  # ray.init installs a SIGTERM handler that exits mid-call
+    quiet_trial_errors()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
+    check_fits_nodes(nodes, cpus_per_trial, gpus_per_trial)
     if len(nodes) > 1 and not storage_path:
         raise SpecError("--storage-path", f"the Ray cluster has {len(nodes)} nodes, and trials on other nodes need a "
                         f"shared place for the experiment: give --storage-path on storage every node mounts (NFS, "
@@ -431,7 +442,9 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
 
     write_json(out / "run.json", {
         "name": spec.name, "backend": "ray", "spec": spec_path, "storage_path": root, "experiment": exp_dir,
-        "objectives": objectives, "trials": search.trials, "top": search.top, "address": address or "local"})
+        "objectives": objectives, "trials": search.trials, "top": search.top, "address": address or "local",
+        "recipe": recipe(spec)})
+    copy_spec(spec_path, out)
     done_before = counts(records_from_files(out), objectives)
     progress.line(f"search {spec.name}: Ray Tune on {len(nodes)} node(s) ({resources.get('CPU', 0):g} CPUs, "
                   f"{resources.get('GPU', 0):g} GPUs), {search.trials} trials, {search.sampler} + "
@@ -467,10 +480,13 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     start = time.perf_counter()
     interrupted = False
+    stops.tuning = True
     try:
         tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
+    stops.tuning = False
+    interrupted = interrupted or stops.signum is not None
     progress.clear()
     records = records_from_files(out)
     c = counts(records, objectives)
@@ -479,6 +495,7 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
     summary = write_results(records, spec, out, progress)
     summary["seconds"] = time.perf_counter() - start
     summary["interrupted"] = interrupted
+    summary["signal"] = stops.signum
     if not interrupted and search.final_epochs and summary.get("best_trial") is not None:
         device = resolve_device(spec.train.device)
         summary["final"] = final_training(records, spec, out, summary["best_trial"], search.final_epochs, device,

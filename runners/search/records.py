@@ -108,6 +108,14 @@ def trial_counts(study: optuna.Study) -> Counts:
     return counts(records_from_study(study), objectives)
 
 
+def damage_line(error: BaseException) -> str:
+    """What a storage error says, from its deepest cause: Optuna wraps a damaged SQLite file's "database disk
+    image is malformed" into "An exception is raised during the commit ... exceeding max length", which misleads."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    return first_line(error).removeprefix("(sqlite3.DatabaseError) ").removeprefix("(sqlite3.OperationalError) ")
+
+
 def records_from_storage(info: dict, run_dir: Path) -> list[TrialRecord]:
     """The records of a run's study, read from the storage its run.json names (read-only, never creating one)."""
     url = info.get("storage", "")
@@ -117,11 +125,11 @@ def records_from_storage(info: dict, run_dir: Path) -> list[TrialRecord]:
     try:
         storage = open_storage(url, read_only=True)
         study = optuna.load_study(study_name=info["study_name"], storage=storage)
+        return records_from_study(study)  # reading the trials can meet a damaged page the opening did not
     except SpecError as e:
         raise SpecError("", f"{run_dir}: {e.message if hasattr(e, 'message') else e}") from None
     except KeyError:
         raise SpecError("", f"{run_dir}: study {info['study_name']!r} not found in {masked(url)}") from None
     except Exception as e:  # noqa: BLE001 - a damaged study file
-        raise SpecError("", f"{run_dir}: cannot read its study in {masked(url)}: {first_line(e)}") from None
-    return records_from_study(study)
+        raise SpecError("", f"{run_dir}: cannot read its study in {masked(url)}: {damage_line(e)}") from None
 

@@ -15,11 +15,13 @@ from typing import Optional
 
 from search_space.config import SearchConfig
 from search_space.sampling import FixedSuggester, resolve_dataclass, sample
+from search_space.rundir import RunDir, printable
 from search_space.schema import SpecError
 from search_space.spec import Spec, dump_spec, load_spec
 
 from runners.common.progress import Progress, count, duration
 from runners.search.records import Counts, TrialRecord, counts, pareto_front, ranked
+from runners.search.storage import masked
 from runners.search.trial import DataCache, fixed_image_size, trial_dir, trial_name, with_io, write_text
 
 
@@ -165,43 +167,27 @@ def final_training(records: list[TrialRecord], spec: Spec, out: Path, number: in
 
 def find_run(target: str) -> Path:
     """A run directory from a run directory, its run.json, or the spec that made it (runs/<name>/)."""
-    path = Path(target)
-    if path.is_dir():
-        run_dir = path
-    elif path.name == "run.json":
-        run_dir = path.parent
-    elif path.is_file():
-        run_dir = Path("runs") / load_spec(path).name
-    else:
-        raise SpecError("", f"{target}: no such run directory or spec file")
-    if not (run_dir / "run.json").exists():
-        raise SpecError("", f"{run_dir}: no run.json here; is this a run directory (made by `search run`)?")
-    return run_dir
+    return RunDir.find(target).path
 
 
 def read_run_info(run_dir: Path) -> dict:
-    try:
-        info = json.loads((run_dir / "run.json").read_text())
-        if not isinstance(info, dict) or "name" not in info:
-            raise ValueError("not a run description")
-    except (OSError, ValueError) as e:
-        raise SpecError("", f"{run_dir / 'run.json'}: unreadable ({e}); rerun `search run` to rewrite it") from None
-    return info
+    """``run.json``, read as untrusted input (:class:`search_space.rundir.RunDir`): one line for anything odd."""
+    return RunDir(run_dir).info()
 
 
 def records_from_files(run_dir: Path) -> list[TrialRecord]:
-    """Trials as their ``trials/<n>/metrics.json`` files tell them (the record of an engine without a study)."""
+    """Trials as their ``trials/<n>/metrics.json`` files tell them (the record of an engine without a study),
+    read through :class:`search_space.rundir.RunDir`: a damaged or hostile file is refused with one line."""
+    run = RunDir(run_dir)
     out = []
-    for path in sorted((run_dir / "trials").glob("*/metrics.json"), key=lambda p: int(p.parent.name)
-                       if p.parent.name.isdigit() else -1):
-        try:
-            m = json.loads(path.read_text())
-        except (OSError, ValueError):
+    for number in run.trial_numbers():
+        m = run.metrics(number)
+        if m is None:
             continue
-        values = list(m["values"].values()) if m.get("values") else None
-        out.append(TrialRecord(number=int(m.get("trial", path.parent.name)), state=m.get("state", "failed"),
-                               values=values, params=m.get("optuna_params") or {}, attrs=m,
-                               counted=m.get("counted", True)))
+        values = list((m.get("values") or {}).values())
+        values = values if values and all(isinstance(v, (int, float)) for v in values) else None
+        out.append(TrialRecord(number=m.get("trial", number), state=m.get("state", "failed"), values=values,
+                               params=m.get("optuna_params") or {}, attrs=m, counted=m.get("counted", True)))
     return out
 
 
@@ -223,11 +209,12 @@ def show(target: str, top: Optional[int] = None) -> str:
     records = load_records(run_dir, info)
     objectives = list(info.get("objectives") or ["val_accuracy"])
     c = counts(records, objectives)
-    where = f"study '{info['study_name']}' in {info['storage']}" if info.get("backend", "optuna") == "optuna" \
-        else f"Ray Tune experiment in {info.get('storage_path', run_dir)}"
+    where = f"study '{info['study_name']}' in {masked(info['storage'])}" \
+        if info.get("backend", "optuna") == "optuna" else \
+        f"Ray Tune experiment in {info.get('storage_path') or run_dir}"
     lines = [f"{info['name']}: {where}", summary_line(c, info.get("trials", c.done)),
              results_table(records, objectives, top or info.get("top", 10))]
-    return "\n".join(lines)
+    return printable("\n".join(lines))  # names and reasons come from files: no terminal escape reaches it raw
 
 
 def trial_line(number: int, state: str, info: dict, prefix: str = "") -> str:

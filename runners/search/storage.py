@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import importlib.util
 import os
+import re
 import socket
 import threading
 import time
@@ -33,12 +34,13 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from search_space.config import SearchConfig
-from search_space.schema import SpecError
+from search_space.schema import SpecError, redact
 
 HEARTBEAT_S = int(os.environ.get("SEARCH_HEARTBEAT_S", 20))  # RDB storages: seconds between heartbeats
 GRACE_S = int(os.environ.get("SEARCH_GRACE_S", 60))  # ... and the silence after which a trial counts as lost
 UNCLAIMED_S = 15  # a trial created but not claimed for this long was lost between the two (a claim takes ms)
 MAX_RETRY = 2  # a lost (killed, interrupted) trial is run again at most this often
+SQLITE_BUSY_S = 60  # a SQLite write waits this long for another connection's lock before it fails
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -71,20 +73,40 @@ def storage_url(search: SearchConfig, out: Path) -> str:
 
 
 def masked(url: str) -> str:
-    """The URL with its password replaced by ``***``: what headers, errors and ``run.json`` show."""
-    if "://" not in url or "@" not in url.split("://", 1)[1]:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    if ":" not in creds:
-        return url
-    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    """The URL with its passwords replaced by ``***`` (the user part's and any ``?password=``/``token=`` query
+    value): what headers, errors and ``search show`` print."""
+    return redact(url)
 
 
 def without_password(url: str) -> str:
-    """The URL with no password at all (written to ``run.json``; libpq then reads PGPASSWORD or ~/.pgpass)."""
+    """The URL with no password at all (written to ``run.json``; libpq then reads PGPASSWORD or ~/.pgpass): the
+    user part's password and every secret query parameter are dropped."""
     m = masked(url)
-    return m.replace(":***@", "@") if m != url else url
+    m = m.replace(":***@", "@")
+    if "?" in m:
+        base, query = m.split("?", 1)
+        kept = [kv for kv in re.split(r"[&;]", query) if not kv.endswith("=***")]
+        m = base + ("?" + "&".join(kept) if kept else "")
+    return m
+
+
+def secrets_of(url: str) -> list[str]:
+    """The passwords a URL carries, raw and percent-decoded (a driver may echo either), longest first."""
+    from urllib.parse import unquote
+
+    found = []
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    creds = rest.rsplit("@", 1)[0] if "@" in rest.split("?", 1)[0] else ""
+    if ":" in creds:
+        found.append(creds.split(":", 1)[1])
+    redacted = redact(url)
+    if "?" in url and redacted != url:
+        for kv in re.split(r"[&;]", url.split("?", 1)[1]):
+            key, _, value = kv.partition("=")
+            if value and redact(f"?{key}=x").endswith("=***"):
+                found.append(value)
+    found += [unquote(f) for f in found]
+    return sorted({f for f in found if f}, key=len, reverse=True)
 
 
 def is_sqlite(url: str) -> bool:
@@ -112,18 +134,25 @@ def open_storage(url: str, read_only: bool = False) -> BaseStorage:
         if read_only and not path.exists():
             raise SpecError("search.storage", f"journal file {path} is missing")
         if not read_only:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+            make_parent(path, "journal file")
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except Exception as e:  # noqa: BLE001 - replaying a file of anything else fails somewhere inside Optuna
+            raise SpecError("search.storage", f"{path} is not an Optuna journal file ({type(e).__name__}: "
+                                              f"{first_line(e)[:120]}); give a new file, or restore the journal "
+                                              f"from a copy") from None
     engine_kwargs = {}
     path = sqlite_path(url)
     if path is not None:
         if read_only:
             if not path.exists() or path.stat().st_size == 0:
                 raise SpecError("search.storage", f"study file {path} is missing or empty")
+            check_sqlite_study(path)
             url = f"sqlite:///file:{path}?mode=ro&uri=true"
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            engine_kwargs = {"connect_args": {"timeout": 60}}  # our own workers and dashboards wait, not fail
+            make_parent(path, "study file")
+            check_sqlite_study(path)
+            engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_S}}  # our workers and dashboards wait
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # heartbeats and their retry callback are "experimental"
@@ -137,6 +166,52 @@ def open_storage(url: str, read_only: bool = False) -> BaseStorage:
         raise SpecError("search.storage", f"cannot open {masked(url)}: {hide_secrets(text, url)}") from None
 
 
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def make_parent(path: Path, what: str) -> None:
+    """The directory of a storage file, made if missing; a path no directory can be made at is bad input."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocked = next((p for p in [path.parent, *path.parent.parents] if p.exists() and not p.is_dir()), None)
+        why = f"{blocked} is a file, not a directory" if blocked else f"{e.filename or path.parent}: {e.strerror or e}"
+        raise SpecError("search.storage", f"cannot make the directory of the {what} {path} ({why}); give a path "
+                                          f"under a directory that exists or can be made") from None
+
+
+OPTUNA_TABLES = {"studies", "version_info"}
+
+
+def check_sqlite_study(path: Path) -> None:
+    """An existing SQLite file must be a sound Optuna study (or empty): refuse a damaged file with one line instead
+    of a traceback from deep inside a read, and never add Optuna's tables to a database of the user's own."""
+    import sqlite3
+
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=SQLITE_BUSY_S)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            check = db.execute("PRAGMA quick_check(1)").fetchone()[0] if tables else "ok"
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as e:
+        raise SpecError("search.storage", f"{path} is damaged or not a SQLite database ({first_line(e)}); restore "
+                                          f"it from a copy, or start fresh with another --out") from None
+    if check != "ok":
+        said = " ".join(check.split())[:160]
+        raise SpecError("search.storage", f"{path} is damaged (SQLite's check: {said}); restore it from a copy, or "
+                                          f"start fresh with another --out") from None
+    if tables and not OPTUNA_TABLES <= tables:
+        raise SpecError("search.storage", f"{path} is a SQLite database with {len(tables)} table(s) of its own but "
+                                          f"no Optuna study, and Optuna would add its tables to it; give a new file "
+                                          f"for the study") from None
+
+
 def driver_hint(url: str, error: Exception) -> str:
     scheme = url.split(":", 1)[0]
     if scheme.startswith("postgres"):
@@ -146,14 +221,10 @@ def driver_hint(url: str, error: Exception) -> str:
 
 
 def hide_secrets(text: str, url: str) -> str:
-    """An error message with the URL's password removed wherever the driver echoed it."""
-    rest = url.split("://", 1)[1] if "://" in url else ""
-    creds = rest.rsplit("@", 1)[0] if "@" in rest else ""
-    if ":" in creds:
-        password = creds.split(":", 1)[1]
-        if password:
-            text = text.replace(password, "***")
-    return text
+    """An error message with the URL's passwords removed wherever the driver echoed them (raw or decoded)."""
+    for secret in secrets_of(url):
+        text = text.replace(secret, "***")
+    return redact(text)
 
 
 def check_workers(url: str, workers: int, out: Path) -> None:
@@ -196,7 +267,7 @@ class RunLock:
     def acquire(self) -> "RunLock":
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_parent(self.path.with_name(self.path.name.removesuffix(".lock")), "study file")
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

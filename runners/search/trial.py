@@ -129,6 +129,22 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def copy_spec(spec_path: Optional[str], out: Path) -> None:
+    """``<out>/spec.yaml``: the spec file a run was started from, for the report (which embeds only files of the
+    run directory, never a path that run.json names). URL passwords in it are replaced by ``***``."""
+    from search_space.schema import redact
+    from search_space.spec import MAX_SPEC_BYTES
+
+    try:
+        path = Path(spec_path) if spec_path else None
+        if path is None or not path.is_file() or path.stat().st_size > MAX_SPEC_BYTES:
+            return
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, ValueError):
+        return  # the spec was read once already; a copy is a convenience, never a reason to stop a run
+    write_text(out / "spec.yaml", redact(text))
+
+
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")

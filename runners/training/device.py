@@ -100,3 +100,12 @@ def free_memory(device: torch.device) -> None:
     elif device.type == "mps":
         torch.mps.empty_cache()
 
+
+def check_threads(threads) -> None:
+    """Torch threads per process (a --threads flag): at least 1, at most this machine's cores (more only make
+    torch slower)."""
+    from search_space.schema import SpecError
+
+    cores = os.cpu_count() or 1
+    if threads is not None and not 1 <= threads <= cores:
+        raise SpecError("--threads", f"{threads} threads per process; allowed: 1 to this machine's {cores} cores")

@@ -92,7 +92,10 @@ def train(arch_or_model, config: TrainConfig, report: Optional[Report] = None, d
         _fit(state, arch_or_model, config, data, device, report, on_step, evaluate_test, start)
     except _CallbackError as e:
         raise e.error from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        from runners.common.signals import release
+
+        release(e)  # a stop inside a storage call (a pruner's read) must not leave the study locked
         state.status = "interrupted"
         state.reason = f"interrupted by the user after {state.epochs} epoch(s)"
     except _Diverged as e:
