@@ -1,4 +1,4 @@
-"""create_model: one call from a spec, YAML text, dict, zoo name or run directory to a module; the README's
+"""create_model: one call from a spec, YAML text, dict, zoo name or run directory to a module; the docs'
 example runs as written."""
 
 from __future__ import annotations
@@ -18,17 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / "spaces" / "zoo" / "resnet18_small.yaml"
 
 
-def readme_python_blocks(section: str) -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", body, re.S)
+def doc_python_blocks(page: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(), re.S)
 
 
-def test_readme_example_runs_as_written(monkeypatch, capsys):
-    blocks = readme_python_blocks("Using a model in your own code")
-    assert len(blocks) == 1
+def test_the_docs_example_runs_as_written(monkeypatch, capsys):
+    blocks = doc_python_blocks("python-api.md")
+    assert blocks
     monkeypatch.chdir(ROOT)
-    exec(compile(blocks[0], "README.md", "exec"), {"__name__": "__readme__"})
+    exec(compile(blocks[0], "docs/python-api.md", "exec"), {"__name__": "__docs__"})
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "torch.Size([2, 10])" and int(out[1]) > 0
     assert out[2].startswith("model.stages.0.block.type: 'resnext'")
