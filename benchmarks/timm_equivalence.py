@@ -14,7 +14,7 @@ tolerance is 0: the logits must be bitwise identical. (The issue allowed 1e-5 wh
 might round differently; split attention now takes that softmax on the same strided view as timm's RadixSoftmax,
 and resnest50d_4s2x40d, R=4, is bitwise identical too, so any difference is a real one.) Exit 2 for an unknown
 model name; a model without a timm twin (``resnet18_small``) is listed as skipped. Setup (a venv with timm) and sample
-output: benchmarks/README.md.
+output: docs/benchmarks/scripts.md.
 
     python benchmarks/timm_equivalence.py                       # every zoo spec with a timm twin
     python benchmarks/timm_equivalence.py --models skresnet18 resnest50d_4s2x40d --size 160
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     try:
         import timm
     except Exception as e:  # noqa: BLE001 - a broken install counts as missing
-        print(f"error: timm does not import ({e}); run this in the benchmark venv, see benchmarks/README.md",
+        print(f"error: timm does not import ({e}); run this in the benchmark venv, see docs/benchmarks/scripts.md",
               file=sys.stderr)
         return 1
     if args.threads:

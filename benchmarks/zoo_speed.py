@@ -17,7 +17,7 @@ forward worth profiling.
 
 Exit status: 0 when every model built and, where a reference exists, has the reference's parameter count (a
 missing timm/torchvision only prints how to install it); 1 when a model failed to build or run, or the parameter
-counts differ; 2 for an unknown model name. Setup (a venv with timm) and sample output: benchmarks/README.md.
+counts differ; 2 for an unknown model name. Setup (a venv with timm) and sample output: docs/benchmarks/scripts.md.
 
     python benchmarks/zoo_speed.py                                  # every zoo spec, batch 8 at 3x128x128
     python benchmarks/zoo_speed.py --threads 0 --clock wall         # all cores, elapsed time (idle machine only)
@@ -45,7 +45,7 @@ from search_space import build_model, load_spec  # noqa: E402
 
 TORCHVISION_MODELS = ("resnet18", "resnet50", "resnext50_32x4d")
 INSTALL_HINT = ("no reference implementation: install timm (every zoo model) or torchvision (resnet18, resnet50, "
-                "resnext50_32x4d), e.g. in a separate venv, see benchmarks/README.md:\n"
+                "resnext50_32x4d), e.g. in a separate venv, see docs/benchmarks/scripts.md:\n"
                 "    python3 -m venv /work/venv-bench && /work/venv-bench/bin/pip install torch==2.14.1 "
                 "torchvision==0.29.1 timm pyyaml numpy\n"
                 "    /work/venv-bench/bin/pip install -e . --no-deps")

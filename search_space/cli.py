@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,14 @@ def fmt_int(n: int) -> str:
 
 def fmt_macs(n: int) -> str:
     return f"{n / 1e9:.3f} G" if n >= 1e8 else f"{n / 1e6:.2f} M"
+
+
+def fmt_bytes(n: int) -> str:
+    """Binary units (MiB: what a GPU's memory is quoted in), one decimal."""
+    for unit, size in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} "
 
 
 def writable_dir(path: str | Path, flag: str = "--out") -> Path:
@@ -102,13 +111,14 @@ def cmd_compile(args) -> int:
     import torch
 
     from .compiler import build_model
-    from .config import SearchConfig
+    from .config import SearchConfig, TrainConfig
     from .cost import architecture_cost
     from .spec import ModelSpec, check_limits
 
     for name in ("input_size", "in_channels", "num_classes"):  # checked as the spec fields they override
         check_field(getattr(args, name), ModelSpec, name, "--" + name.replace("_", "-"))
     check_field(args.seed, SearchConfig, "seed", "--seed")
+    check_field(args.batch, TrainConfig, "batch_size", "--batch")
     spec = load_fixed(args.spec, args.seed if args.sample else None)
     arch = spec.model
     size = args.input_size if args.input_size is not None else arch.input_size
@@ -119,11 +129,25 @@ def cmd_compile(args) -> int:
     ci, h, w = cost.input_shape
     with torch.no_grad():
         out = model.eval()(torch.zeros(1, ci, h, w))
-    rows = [("part", "blocks", "types", "width", "params", "MACs", "output")]
-    for r in cost.rows:
+    if n_params != cost.params:  # the cost model and the module must agree; say so loudly if they do not
+        print(f"warning: cost model counts {fmt_int(cost.params)} parameters", file=sys.stderr)
+        return 1
+    from .memory import saved_by_part, saved_tensors, train_memory_json
+
+    batch = args.batch if args.batch is not None else spec.train.batch_size
+    io = dict(input_size=size, in_channels=args.in_channels, num_classes=args.num_classes)
+    memory = train_memory_json(arch, batch, optimizer=spec.train.optimizer, momentum=spec.train.momentum, **io)
+    if args.json:
+        print(json.dumps({"name": spec.name, "input_shape": list(cost.input_shape), "params": cost.params,
+                          "macs": cost.macs, "output_shape": list(out.shape[1:]), "train_memory": memory}))
+        return write_arch(spec, args)
+    saved = saved_by_part(saved_tensors(arch, batch, **io)) if args.batch is not None else None
+    rows = [("part", "blocks", "types", "width", "params", "MACs")
+            + (("saved (fp32)",) if saved else ()) + ("output",)]
+    for k, r in enumerate(cost.rows):
         types = ",".join(sorted(set(r.types), key=r.types.index))
-        rows.append((r.name, str(r.depth), types, str(r.width), fmt_int(r.params), fmt_macs(r.macs),
-                     "x".join(map(str, r.out_shape))))
+        rows.append((r.name, str(r.depth), types, str(r.width), fmt_int(r.params), fmt_macs(r.macs))
+                    + ((fmt_bytes(saved[k]),) if saved else ()) + ("x".join(map(str, r.out_shape)),))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(f"{spec.name}: input {ci}x{h}x{w}")
     for k, r in enumerate(rows):
@@ -131,9 +155,16 @@ def cmd_compile(args) -> int:
         if k == 0:
             print("  ".join("-" * wd for wd in widths))
     print(f"total: {fmt_int(n_params)} parameters, {fmt_macs(cost.macs)}MACs, output {tuple(out.shape)}")
-    if n_params != cost.params:  # the cost model and the module must agree; say so loudly if they do not
-        print(f"warning: cost model counts {fmt_int(cost.params)} parameters", file=sys.stderr)
-        return 1
+    if args.batch is not None:
+        for label, m in (("fp32", memory), ("bf16 autocast", memory["bf16"])):
+            print(f"train memory, batch {batch} at {size}x{size}, {label}, {m['optimizer']}: "
+                  f"{fmt_bytes(m['total_bytes'])}B (saved for backward {fmt_bytes(m['activation_bytes'])}B, "
+                  f"weights + grads {fmt_bytes(m['param_bytes'] + m['grad_bytes'])}B, "
+                  f"optimizer {fmt_bytes(m['optimizer_bytes'])}B)")
+    return write_arch(spec, args)
+
+
+def write_arch(spec, args) -> int:
     if args.output:
         from .spec import dump_spec
 
@@ -179,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", action="store_true", help="sample a search space first (with --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed for --sample")
     p.add_argument("-o", "--output", help="also write the (sampled) architecture YAML here")
+    p.add_argument("--batch", type=int, help="print training memory at this batch size (a column of what autograd "
+                   "saves per part, and totals for fp32 and bf16 autocast; default for --json: train.batch_size)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (params, macs, train_memory) instead "
+                   "of the table")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("sample", help="draw one architecture from a search space")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from .schema import SpecError, _fmt, field, is_choice, largest
 
@@ -61,6 +61,12 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "fp16", "off"] = field("auto", doc="autocast; auto: bf16 on CUDA, off elsewhere")
     channels_last: Optional[bool] = field(None, doc="channels_last memory format; null: on for CUDA")
     compile: bool = field(False, doc="wrap the model in torch.compile")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = field(
+        "default", doc="torch.compile mode with compile: true; reduce-overhead captures CUDA graphs, which cut the "
+        "kernel-launch cost that dominates small proxy models on a GPU (off until benchmarks/cuda_step.py measures "
+        "it; see docs/gpus.md)")
+    fused_optimizer: bool = field(False, doc="the optimizer's fused CUDA kernel (one launch for all parameters "
+                                  "instead of several per tensor); CUDA only, ignored elsewhere; off until measured")
     device: Literal["auto", "cuda", "mps", "cpu"] = field("auto", doc="auto picks cuda, then mps, then cpu")
     seed: int = field(0, min=0, max=SEED_MAX, doc="seed for data split, init and augmentation")
     synthetic_samples: int = field(512, min=2, max=1_000_000, doc="synthetic dataset: number of images")
@@ -97,6 +103,14 @@ class SearchConfig:
     seed: int = field(0, min=0, max=SEED_MAX, doc="sampler seed")
     workers: int = field(1, min=1, max=256, doc="local worker processes sharing the study (needs a storage other than "
                                        "SQLite)")
+    trials_per_gpu: Union[int, Literal["auto"], None] = field(
+        None, min=1, max=256, doc="pack trials onto one device (Optuna engine): this many trial processes share it, "
+        "each admitted only when its predicted training memory (search compile --json, plus a margin) fits in a "
+        "ledger the processes share; auto: as many as the CPU cores, at most 14 on a GPU; null: one trial at a "
+        "time per process (see docs/gpus.md)")
+    device_memory_mb: Optional[float] = field(
+        None, min=1.0, doc="packing: MiB of device memory the ledger hands out (less a CUDA context per process); "
+        "null: the GPU's total memory; needed to pack on the CPU, where it is a made-up card size")
     final_epochs: Optional[int] = field(None, min=1, max=100_000,
                                         doc="at the end, train the best architecture this many "
                                         "epochs and score it once on the test split; null: skip")

@@ -40,6 +40,8 @@ MAX_DEPTH = 32                 # our files nest 4 deep; thousands deep would ove
 MAX_INT = 2 ** 63              # an integer beyond 64 bits is no count or size we wrote
 MAX_STRING = 20_000            # a reason or a block summary is a line; a megabyte string is not a field
 MAX_TRIALS = 100_000           # trials/<n>/ directories listed at most
+MAX_TOTAL_BYTES = 1_000_000_000  # read from one run directory in all: per-file limits alone would allow
+                                 # MAX_TRIALS x MAX_JSON_BYTES; a real run of 100,000 trials reads ~500 MB
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -192,6 +194,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.bytes_read = 0  # against MAX_TOTAL_BYTES
         try:
             self.root = Path(os.path.realpath(self.path))
             if not self.root.is_dir():
@@ -264,6 +267,10 @@ class RunDir:
             raise SpecError("", f"{where}: cannot read ({e.strerror or e})") from None
         if len(data) > limit:
             raise SpecError("", f"{where}: more than {limit:,} bytes; a run's file may have at most that")
+        self.bytes_read += len(data)
+        if self.bytes_read > MAX_TOTAL_BYTES:
+            raise SpecError("", f"{self.path}: more than {MAX_TOTAL_BYTES:,} bytes of run files read; a run "
+                                f"directory may hold at most that")
         return data
 
     def read_text(self, rel: str | Path, limit: int = MAX_TEXT_BYTES) -> str:

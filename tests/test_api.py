@@ -1,4 +1,4 @@
-"""create_model: one call from a spec, YAML text, dict, zoo name or run directory to a module; the README's
+"""create_model: one call from a spec, YAML text, dict, zoo name or run directory to a module; the docs'
 example runs as written."""
 
 from __future__ import annotations

@@ -171,6 +171,19 @@ def test_streamed_batches_train_exactly_as_resident_ones(tmp_path, cli):
     assert runs[0].val_accuracy == runs[1].val_accuracy
 
 
+def test_prepare_cifar_batches_at_another_size(tmp_path, cli):
+    from tests.test_data import make_cifar10
+
+    _, test = make_cifar10(tmp_path / "src" / "cifar-10-batches-py")
+    r = cli("data", "prepare", tmp_path / "src", "-o", tmp_path / "p", "--size", "16", "--classes", "4")
+    assert r.code == 0, r.err
+    p = open_prepared(tmp_path / "p")
+    a, b = p.meta["splits"]["test"]
+    assert p.meta["source"]["kind"] == "cifar10" and p.classes == ["c0", "c1", "c2", "c3"]
+    assert p.images.shape[1:] == (3, 16, 16) and b - a == int((np.array(test[b"labels"]) < 4).sum())  # the test batch
+    assert cli("data", "prepare", tmp_path / "src", "-o", tmp_path / "q", "--size", "16", "--grayscale").code == 2
+
+
 @pytest.mark.parametrize("bad", ["flag", "out_not_prepared", "out_inside_src"])
 def test_bad_arguments_are_one_line(tmp_path, cli, bad):
     src = write_folder(tmp_path / "photos", per_class=3)

@@ -255,3 +255,84 @@ def _trial_workers() -> list[tuple[int, float]]:
             continue
     return found
 
+
+
+def _together(intervals: list[tuple[float, float, int]]) -> list[tuple[int, int]]:
+    """(trials running, MiB they requested) at each trial's start, from (start, end, MiB) intervals."""
+    return [(sum(1 for s, e, _ in intervals if s <= start < e), sum(mb for s, e, mb in intervals if s <= start < e))
+            for start, _, _ in intervals]
+
+
+@pytest.mark.slow  # ~90 s on the 2-core CI machine; test_trial_resources_follow_the_memory_model is the fast path
+def test_gpus_per_trial_auto_packs_trials_by_the_memory_model_on_a_real_cluster(tmp_path):
+    """A real local Ray cluster started by hand with 4 CPUs and a made-up card of 6 MiB as the custom resource
+    gpu_memory_mb. Each trial asks for the MiB its architecture needs (2-4 for this space); CPUs would let 4 run
+    at once, so how many run together is decided by the memory model: never more MiB than the card has.
+
+    The head runs with ``--block`` in its own temp dir and is stopped through that process alone, so other Ray
+    clusters on the machine are left alone (no ``ray stop``)."""
+    import tempfile
+
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray_bin = Path(sys.executable).parent / "ray"
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}",
+                             f"--node-ip-address={NODE_IP}", "--num-cpus=4", "--resources={\"gpu_memory_mb\": 6}",
+                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"],
+                            env=CLUSTER_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        path = write_space(tmp_path, search__trials=6)
+        out = tmp_path / "run"
+        deadline = time.monotonic() + 120
+        while True:  # the head is up once a search can join it
+            done = search(path, "--out", out, "--address", f"{NODE_IP}:{port}", "--gpus-per-trial", "auto",
+                          "--device", "cpu", "--max-concurrent", "4", cwd=tmp_path, env=CLUSTER_ENV)
+            if done.returncode != 2 or "cannot reach" not in done.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "gpu_memory_mb its architecture needs (at most 6)" in done.stderr
+        files = trial_files(out)
+        assert len(files) == 6 and all(m["status"] == "ok" for m in files.values())
+        intervals = [(m["ray_memory"]["started"], m["ray_memory"]["ended"], m["ray_memory"]["request_mb"])
+                     for m in files.values()]
+        for m in files.values():  # the request is the memory model's reservation, in whole MiB
+            assert m["ray_memory"]["request_mb"] == -(-m["memory"]["reserved_bytes"] // 2**20)
+        together = _together(intervals)
+        assert all(mb <= 6 for _, mb in together), together
+        assert max(n for n, _ in together) >= 2, together  # trials did share the card
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # --block: the head stops its own processes
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_trial_resources_follow_the_memory_model(tmp_path):
+    """The function of a trial's config that ``tune.with_resources`` calls: the trial's architecture rebuilt from
+    its sampled parameters, its reservation by the memory model in whole MiB as gpu_memory_mb, at most the
+    largest node's; a GPU share in proportion where the cluster has GPUs."""
+    import torch
+
+    from search_space.sampling import RandomSuggester
+    from runners.search.packing import trial_need
+    from runners.search.ray_engine import META, TrialResources
+    from runners.search.trial import Evaluator
+
+    spec = load_spec(write_space(tmp_path))
+    cpu = torch.device("cpu")
+    evaluator = Evaluator(spec, cpu)
+    for seed in range(4):
+        suggest = RandomSuggester(seed)
+        sampled = evaluator._draw(seed, suggest, None, True)
+        params = dict(suggest.params)
+        config = {**params, f"{META}trial": seed, f"{META}warm": "", f"{META}in_space": True}
+        data = evaluator.data.get(sampled.train, sampled.model.input_size)
+        want = -(-trial_need(sampled, data, cpu).reserve // 2**20)
+        bundle = TrialResources(spec, cpu, 1.0, 64, None)(config).bundles[0]
+        assert bundle == {"CPU": 1.0, "gpu_memory_mb": want}
+        assert TrialResources(spec, cpu, 1.0, 2, None)(config).bundles[0]["gpu_memory_mb"] == min(2, want)
+        gpu = TrialResources(spec, cpu, 1.0, 64, 8.0)(config).bundles[0]["GPU"]
+        assert gpu == pytest.approx(want / 8.0, abs=1e-4)

@@ -129,6 +129,17 @@ def test_metrics_fields_are_typed(tmp_path):
     assert MAX_DEPTH < 100
 
 
+def test_a_run_directory_is_read_within_a_total_budget(tmp_path, monkeypatch, capsys):
+    import search_space.rundir as R
+
+    run = fake_run(tmp_path, n=6)
+    size = sum(len((run / "trials" / str(i) / "metrics.json").read_bytes()) for i in range(6))
+    monkeypatch.setattr(R, "MAX_TOTAL_BYTES", size - 1)  # every file within its own limit, not all together
+    assert "bytes of run files read" in one_line(capsys, main(["show", str(run)]))
+    monkeypatch.setattr(R, "MAX_TOTAL_BYTES", size + 10_000)
+    assert main(["show", str(run)]) == 0
+
+
 def special_file(tmp_path: Path, kind: str, target: Path) -> None:
     """``target`` made into a hostile file of ``kind``."""
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -378,3 +378,12 @@ def test_rung_ema_scores_the_averaged_weights_before_the_last_epoch_and_leaves_t
     rungs = [h.get("rung_accuracy") for h in averaged.history]
     assert all(0.0 <= r <= 1.0 for r in rungs[:2]) and rungs[2] is None
     assert rungs[:2] != [h["val_accuracy"] for h in averaged.history[:2]]  # another model was scored
+
+
+def test_cuda_step_switches_are_off_by_default_and_fused_is_cuda_only():
+    """train.fused_optimizer and train.compile_mode (issue 25, item 4) stay off until benchmarks/cuda_step.py
+    measures them on a GPU; asking for a fused optimizer on the CPU gets the plain one."""
+    assert TrainConfig().fused_optimizer is False and TrainConfig().compile_mode == "default"
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4, 2))
+    for name in ("sgd", "adamw"):
+        assert not make_optimizer(model, TrainConfig(optimizer=name, fused_optimizer=True)).defaults.get("fused")

@@ -630,6 +630,18 @@ def trial_table(trials: list[Trial], objectives: list[str], params: list[str] = 
             f"{''.join(rows)}</tbody></table></div>")
 
 
+def _slice_axis(dist) -> dict:
+    """The x axis of a slice: categories for a choice, whole-number ticks for an integer, log for a log range
+    (``None`` resets a setting the previous parameter made)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return {"type": "category", "dtick": None, "tickformat": None}
+    if isinstance(dist, IntDistribution):
+        return {"type": "linear", "dtick": max(1, math.ceil((dist.high - dist.low) / 10)), "tickformat": "d"}
+    return {"type": "log" if dist.log else "linear", "dtick": None, "tickformat": None}
+
+
 def slice_figures(trials: list[Trial], objectives: list[str], params: list[str], run):
     """(plotly figure, png path or None): the first objective of every complete trial against the value it was
     given, one parameter at a time (Optuna dashboard's slice plot): a menu picks the parameter, log axes for
@@ -662,17 +674,14 @@ def slice_figures(trials: list[Trial], objectives: list[str], params: list[str],
                                                                                          "color": "#333"}},
             text=[f"trial {t.number}" for t in pts], name=esc(p, 60),
             hovertemplate="%{text}: %{x}, " + esc(name, 40) + " %{y:.4g}<extra></extra>"))
-        axis = "category" if categorical else "log" if getattr(dist, "log", False) else "linear"
+        axis = _slice_axis(dist)
         buttons.append({"label": esc(p, 60), "method": "update",
                         "args": [{"visible": [j == i for j in range(len(shown))]},
-                                 {"xaxis.type": axis, "xaxis.title.text": esc(p, 60)}]})
-    first = dists[shown[0]]
+                                 {"xaxis.title.text": esc(p, 60), **{f"xaxis.{k}": v for k, v in axis.items()}}]})
     fig.update_layout(height=380, template="plotly_white", margin={"l": 60, "r": 20, "t": 50, "b": 45},
                       updatemenus=[{"buttons": buttons, "direction": "down", "x": 0, "y": 1.18,
                                     "xanchor": "left", "showactive": True}] if len(shown) > 1 else [],
-                      xaxis={"title": {"text": esc(shown[0], 60)},
-                             "type": "category" if isinstance(first, CategoricalDistribution)
-                             else "log" if getattr(first, "log", False) else "linear"},
+                      xaxis={"title": {"text": esc(shown[0], 60)}, **_slice_axis(dists[shown[0]])},
                       yaxis={"title": {"text": esc(name, 60)}})
     floats = [p for p in shown if isinstance(dists[p], FloatDistribution)][:6]
     png = None
@@ -866,7 +875,8 @@ def write_report(run_dir: Path, n_boot: int = 400) -> dict:
     sections.append("<h2>Design space: error EDFs by choice</h2>" + design_section(views, len(done)))
     sections.append("<h2>Trials</h2><p class=note>Click a column to sort; the shaded columns are the values the "
                     "search gave each trial (blank: not asked).</p>" + trial_table(trials, objectives, params))
-    sections.append("<h2>Block diagrams</h2>" + "".join(blocks))
+    sections.append(f"<h2>Block diagrams</h2><details><summary>{len(blocks)} trials: stem, every block with its "
+                    f"settings and output shape, head</summary>" + "".join(blocks) + "</details>")
     sections.append(f"<h2>Spec</h2><details><summary>{esc(spec_name)}</summary><pre>{html.escape(spec_text)}</pre>"
                     f"</details>")
     if notes:

@@ -26,7 +26,24 @@ OVERRIDES = {
     "objectives": ("search", "objectives"), "backend": ("search", "backend"), "epochs": ("train", "epochs"),
     "dataset": ("train", "dataset"), "data_dir": ("train", "data_dir"), "device": ("train", "device"),
     "image_size": ("train", "image_size"),
+    "trials_per_gpu": ("search", "trials_per_gpu"), "device_memory_mb": ("search", "device_memory_mb"),
 }
+
+
+def _number_or_word(text: str):
+    """``--gpus-per-trial``: a number, or a word (auto) the engine judges."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _count_or_word(text: str):
+    """``--trials-per-gpu``: an integer, or a word (auto) the spec's validator judges."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def apply_overrides(spec, args):
@@ -146,6 +163,11 @@ def add_parser(sub) -> None:
                    help="keep the trained weights of the best K complete trials (default 3; 0: none)")
     g.add_argument("--out", help="run directory (default: runs/<name>/)")
     g.add_argument("--threads", type=int, help="torch threads per worker on the CPU (default: the idle cores)")
+    g.add_argument("--trials-per-gpu", type=_count_or_word, metavar="N|auto",
+                   help="pack N trial processes onto the device, each admitted when its predicted training memory "
+                        "fits (a ledger they share); auto: one per CPU core, at most 14 on a GPU (docs/gpus.md)")
+    g.add_argument("--device-memory-mb", type=float, help="packing: MiB the ledger hands out (default: the GPU's "
+                                                          "memory; needed on the CPU, where it is a made-up card)")
     g.add_argument("--backend", choices=hints(SearchConfig)["backend"].__args__,
                    help="search engine: optuna (default) or ray (Ray Tune)")
     g.add_argument("--continue-anyway", action="store_true",
@@ -157,7 +179,9 @@ def add_parser(sub) -> None:
     g.add_argument("--address", help=f"join a running Ray cluster: auto or HOST:PORT, refused after at most "
                                      f"{CONNECT_TIMEOUT_S + GCS_TIMEOUT_S:g} s when no Ray answers there (default: "
                                      f"start a local Ray, on loopback only)")
-    g.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions share a GPU (default 0)")
+    g.add_argument("--gpus-per-trial", type=_number_or_word, metavar="G|auto",
+                   help="GPUs per trial; fractions share a GPU (default 0); auto: the GPU memory each trial's "
+                        "architecture needs, as the custom resource gpu_memory_mb (docs/gpus.md)")
     g.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default 1)")
     g.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the resources fit)")
     g.add_argument("--storage-path", help="where the Ray experiment lives (default: the run directory); on a "

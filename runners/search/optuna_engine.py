@@ -237,6 +237,11 @@ class SearchRun:
         check_workers(self.url, search.workers, self.out)
         self.device = resolve_device(self.spec.train.device)
         self.evaluator = Evaluator(self.spec, self.device, self.data, worker=self.worker_name)
+        if search.trials_per_gpu is not None:  # trials share the device by the memory model (runners.search.packing)
+            from runners.search.packing import Ledger, Packing, device_capacity, ledger_path
+
+            capacity = device_capacity(self.device, search.device_memory_mb, search.workers)
+            self.evaluator.packing = Packing(Ledger(ledger_path(self.device), capacity), self.device)
         warm = warm_starts(self.spec)  # bad files fail before anything runs
         if create:
             self._check_out()
@@ -475,6 +480,7 @@ def run_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress:
     SIGINT, SIGTERM and SIGHUP raise :class:`~runners.common.signals.Interrupted` (a KeyboardInterrupt) after the
     running trial is recorded and enqueued again.
     """
+    spec = packed_spec(spec, Path(out))
     with StopSignals():
         run = SearchRun(spec, Path(out), progress or Progress(), spec_path=spec_path)
         try:
@@ -492,6 +498,28 @@ def run_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progress:
                                               f"from a copy, or start fresh with another --out") from None
         finally:
             run.close()
+
+
+def packed_spec(spec: Spec, out: Path) -> Spec:
+    """With ``search.trials_per_gpu``: as many worker processes as trials share the device, on a journal file in
+    the run directory when no storage is named (SQLite does not suit several writers)."""
+    import dataclasses
+
+    from search_space.config import check_search
+
+    from runners.search.packing import resolve_trials_per_gpu
+    from runners.training.device import resolve_device
+
+    search = spec.search
+    if search.trials_per_gpu is None:
+        return spec
+    n = resolve_trials_per_gpu(search.trials_per_gpu, resolve_device(spec.train.device).type)
+    storage = search.storage
+    if storage is None and n > 1 and not (out / "study.db").exists():
+        storage = f"journal:{out / 'study.log'}"
+    search = dataclasses.replace(search, workers=n, storage=storage)
+    check_search(search)
+    return dataclasses.replace(spec, search=search)
 
 
 DISK_FULL_WORDS = ("disk is full", "disk i/o error", "readonly database", "read-only file system",
@@ -550,7 +578,9 @@ def _run(run: SearchRun, threads: Optional[int]) -> dict:
                   f"{search.sampler} + {search.pruner if not run.pruner_note else 'no pruning'}, "
                   f"objectives {', '.join(run.objectives)}, device {run.device}"
                   + (f" ({threads} thread{'s' * (threads > 1)})" if run.device.type == "cpu" else "")
-                  + (f", {search.workers} workers" if search.workers > 1 else ""))
+                  + (f", {search.workers} workers" if search.workers > 1 else "")
+                  + (f", packed by memory ({run.evaluator.packing.capacity / 2**20:,.0f} MiB in "
+                     f"{run.evaluator.packing.ledger.path})" if run.evaluator.packing is not None else ""))
     if run.pruner_note:
         progress.line(run.pruner_note)
     if c.done:

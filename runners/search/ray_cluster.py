@@ -152,9 +152,10 @@ def probe(address: str) -> None:
                                      f"another)")
 
 
-def connect(address: Optional[str], num_cpus: Optional[int] = None) -> None:
+def connect(address: Optional[str], num_cpus: Optional[int] = None, resources: Optional[dict] = None) -> None:
     """Join a running cluster (``auto`` or HOST:PORT, checked by :func:`probe`) or start a local Ray bound to
-    loopback (never a cluster that happens to run on this machine)."""
+    loopback (never a cluster that happens to run on this machine), with custom ``resources`` (the GPU memory
+    ``--gpus-per-trial auto`` counts)."""
     import ray
 
     if ray.is_initialized():
@@ -167,7 +168,7 @@ def connect(address: Optional[str], num_cpus: Optional[int] = None) -> None:
             ray.init(address=target, **quiet)
         else:
             loopback_only()
-            ray.init(address="local", num_cpus=num_cpus, _node_ip_address=LOCAL_HOST, **quiet)
+            ray.init(address="local", num_cpus=num_cpus, resources=resources, _node_ip_address=LOCAL_HOST, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
         if isinstance(e, SpecError):
             raise

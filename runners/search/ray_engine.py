@@ -17,8 +17,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -183,6 +185,84 @@ class NondominatedRankScheduler(_FIFOScheduler):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# --gpus-per-trial auto: each trial asks for the device memory its architecture needs
+# ----------------------------------------------------------------------------------------------------------------
+
+GPU_MEMORY = "gpu_memory_mb"  # the custom resource: MiB of device memory a node hands out (ray start --resources)
+
+
+def request_mb(reserve: int, max_mb: int) -> int:
+    """Whole MiB (Ray refuses fractional amounts above 1), at least 1, at most what the largest node has: a trial
+    bigger than that still gets scheduled, and is then ``oom`` before it starts (the trial core's rule)."""
+    from runners.search.packing import MIB
+
+    return max(1, min(max_mb, -(-reserve // MIB)))
+
+
+class TrialResources:
+    """``tune.with_resources``'s function of a trial's config, evaluated on the driver before the trial is placed:
+    the architecture is rebuilt from the sampled parameters (as the worker will) and the memory model gives its
+    need, so Ray places a trial only where that much of the ``gpu_memory_mb`` resource is free, and (on GPU nodes)
+    with a GPU share in proportion, so a card with several GPUs fills each by memory as well."""
+
+    def __init__(self, spec: Spec, device, cpus: float, max_mb: int, gpu_mb: Optional[float]):
+        self.spec, self.device, self.cpus, self.max_mb, self.gpu_mb = spec, device, cpus, max_mb, gpu_mb
+        self.data = DataCache()
+
+    def need_mb(self, config: dict) -> int:
+        evaluator = Evaluator(self.spec, self.device, self.data)
+        params = {k: v for k, v in config.items() if not k.startswith(META)}
+        try:
+            sampled = evaluator._draw(int(config.get(f"{META}trial", 0)), FixedSuggester(params),
+                                      config.get(f"{META}warm") or None, config.get(f"{META}in_space", True))
+        except Exception:  # noqa: BLE001 - infeasible: the worker rejects it in milliseconds
+            return 1
+        from runners.search.packing import trial_need
+
+        size = sampled.train.image_size or sampled.model.input_size
+        try:
+            data = self.data.get(sampled.train, size)
+        except Exception:  # noqa: BLE001 - data only the workers can read: the model's default shape
+            data = None
+        try:
+            return request_mb(trial_need(sampled, data, self.device).reserve, self.max_mb)
+        except Exception:  # noqa: BLE001 - the worker finds and records what is wrong with it
+            return 1
+
+    def __call__(self, config: dict):
+        from ray.tune import PlacementGroupFactory
+
+        mb = self.need_mb(config)
+        bundle = {"CPU": self.cpus, GPU_MEMORY: mb}
+        if self.gpu_mb:
+            bundle["GPU"] = min(1.0, math.ceil(mb / self.gpu_mb * 1e4) / 1e4)
+        return PlacementGroupFactory([bundle])
+
+
+class RayPacking:
+    """The trial core's packing gate on a Ray worker: Ray has already reserved the trial's memory (the
+    ``gpu_memory_mb`` resource), so there is nothing to wait for; the core still refuses, before training, a trial
+    that cannot fit on the largest node."""
+
+    def __init__(self, device, max_mb: int):
+        from runners.search.packing import MIB
+
+        self.device = device
+        self.capacity = max_mb * MIB
+
+    def need(self, sampled, data):
+        from runners.search.packing import trial_need
+
+        return trial_need(sampled, data, self.device)
+
+    @contextlib.contextmanager
+    def hold(self, number, nbytes, status, alone=False, resident=0):
+        from runners.search.packing import Held
+
+        yield Held(shared=False)  # Ray cannot hold a card for one trial: an OOM here is recorded as it is
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Worker side: one trial
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -251,7 +331,7 @@ def replay(number: int, recorded: dict, objectives: list[str]) -> dict:
 
 
 def trainable(config: dict, spec: Spec, threads: int, finished: Optional[dict] = None,
-              out: Optional[str] = None) -> None:
+              out: Optional[str] = None, packing_mb: Optional[int] = None) -> None:
     """One Ray trial: evaluate the candidate with the trial core and report its outcome.
 
     ``finished``: trials recorded in ``trials/`` before a resume; Ray's last experiment checkpoint may predate
@@ -274,6 +354,8 @@ def trainable(config: dict, spec: Spec, threads: int, finished: Optional[dict] =
         _WORKER.update(evaluator=Evaluator(spec, device, DataCache(), worker=f"{os.uname().nodename}:{os.getpid()}"),
                        node=node)
     evaluator: Evaluator = _WORKER["evaluator"]
+    evaluator.packing = RayPacking(evaluator.device, packing_mb) if packing_mb else None
+    started = time.time()
     params = {k: v for k, v in config.items() if not k.startswith(META)}
     objectives = list(spec.search.objectives)
     hooks = RayHooks(number, params, objectives, _WORKER["node"], out)
@@ -283,6 +365,10 @@ def trainable(config: dict, spec: Spec, threads: int, finished: Optional[dict] =
                                  in_space=config.get(f"{META}in_space", True))
     info = {**outcome.info, "node": _WORKER["node"],
             "distributions": json.loads(config.get(f"{META}distributions") or "{}")}
+    if packing_mb:  # what Ray reserved for it (the driver's TrialResources computed the same) and when it ran
+        reserve = info.get("memory", {}).get("reserved_bytes", 0)
+        info["ray_memory"] = {"request_mb": request_mb(reserve, packing_mb) if reserve else 1, "started": started,
+                              "ended": time.time()}
     final = {"trial": number, "state": outcome.state, "status": outcome.status, "reason": outcome.reason,
              "attrs": json.dumps(info), "arch_yaml": hooks.arch_yaml or "", "constraints": hooks.constraints}
     if info.get("val_accuracy") is not None:
@@ -374,6 +460,8 @@ def run_ray_search(spec: Spec, out: Path, spec_path: Optional[str] = None, progr
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
     check_per_trial(cpus_per_trial, "--cpus-per-trial", 0.0)
     check_per_trial(gpus_per_trial, "--gpus-per-trial", 0.0)
+    if isinstance(gpus_per_trial, str) and gpus_per_trial != "auto":
+        raise SpecError("--gpus-per-trial", f"{gpus_per_trial!r} is not allowed; expected a number or auto")
     if max_concurrent is not None and max_concurrent < 1:
         raise SpecError("--max-concurrent", f"{max_concurrent} must be at least 1")
     check_storage_path(storage_path)
@@ -423,12 +511,23 @@ def _run_ray(spec: Spec, out: Path, spec_path, progress, address, gpus_per_trial
 
     search = spec.search
     objectives = list(search.objectives)
+    auto = gpus_per_trial == "auto"
+    if auto:
+        gpus_per_trial = 0.0  # the GPU share is per trial, from its memory (TrialResources)
     warm = warm_starts(spec)
     if not address:  # the data and recipe every trial shares, checked once before any trial (exit 2 on bad input);
         from runners.search.trial import preflight
 
         preflight(spec, resolve_device(spec.train.device), DataCache())
-    connect(address, None)
+    device = resolve_device(spec.train.device)
+    memory_mb = None
+    if auto and not address:  # our own local Ray: the resource is this machine's device memory
+        from runners.search.packing import MIB, device_capacity
+
+        local_cpus = os.cpu_count() or 1
+        memory_mb = int(device_capacity(device, search.device_memory_mb,
+                                        max(1, int(local_cpus // cpus_per_trial))) // MIB)
+    connect(address, None, {GPU_MEMORY: memory_mb} if memory_mb else None)
     stops.install_again()  # ray.init installs a SIGTERM handler that exits mid-call
     quiet_trial_errors()
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -443,13 +542,25 @@ def _run_ray(spec: Spec, out: Path, spec_path, progress, address, gpus_per_trial
     exp_dir = os.path.join(root, EXPERIMENT)
     resources = ray.cluster_resources()
     per_trial = {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
+    packing_mb = None
+    if auto:
+        node_mb = [n.get("Resources", {}).get(GPU_MEMORY, 0) for n in nodes]
+        if not any(node_mb):
+            raise SpecError("--gpus-per-trial", f"auto needs the custom resource {GPU_MEMORY} on the cluster's nodes: "
+                            f"start each with ray start --resources='{{\"{GPU_MEMORY}\": N}}' (N: MiB of its GPUs "
+                            f"less 512 per trial process; docs/gpus.md)")
+        packing_mb = int(max(node_mb))
+        gpu_mb = None
+        if resources.get("GPU"):  # a GPU's share in proportion to its memory (all GPUs alike)
+            gpu_mb = sum(node_mb) / resources["GPU"]
+        per_trial = TrialResources(spec, device, cpus_per_trial, packing_mb, gpu_mb)
     fit = [resources.get("CPU", 1) / cpus_per_trial] + ([resources.get("GPU", 0) / gpus_per_trial]
                                                         if gpus_per_trial else [])
     concurrent = max_concurrent or max(1, int(min(fit)))
     threads = max(1, int(cpus_per_trial))
     epochs = max_epochs(spec)
     scheduler, scheduler_name = make_scheduler(search, epochs, objectives, first_epoch=warmup_end(spec))
-    if resolve_device(spec.train.device).type == "cuda" and not gpus_per_trial:
+    if resolve_device(spec.train.device).type == "cuda" and not gpus_per_trial and not auto:
         progress.line("note: this machine has a GPU but --gpus-per-trial is 0, so trials train on the CPU")
 
     write_json(out / "run.json", {
@@ -461,14 +572,16 @@ def _run_ray(spec: Spec, out: Path, spec_path, progress, address, gpus_per_trial
     progress.line(f"search {spec.name}: Ray Tune on {len(nodes)} node(s) ({resources.get('CPU', 0):g} CPUs, "
                   f"{resources.get('GPU', 0):g} GPUs), {search.trials} trials, {search.sampler} + "
                   f"{scheduler_name}, objectives {', '.join(objectives)}, {cpus_per_trial:g} CPU"
-                  + (f" + {gpus_per_trial:g} GPU" if gpus_per_trial else "") + f" per trial, up to {concurrent} "
+                  + (f" + {gpus_per_trial:g} GPU" if gpus_per_trial else "")
+                  + (f" + the MiB of {GPU_MEMORY} its architecture needs (at most {packing_mb:,})" if auto else "")
+                  + f" per trial, up to {concurrent} "
                   f"at once; experiment in {exp_dir}")
     if search.sampler != "tpe":
         progress.line(f"note: Ray runs use the {search.sampler} sampler through OptunaSearch as the Optuna engine does")
 
     finished = {r.number: r.attrs for r in records_from_files(out) if r.state in ("complete", "pruned", "failed")}
     fn = tune.with_resources(tune.with_parameters(trainable, spec=spec, threads=threads, finished=finished,
-                                                  out=str(Path(out).absolute())),
+                                                  out=str(Path(out).absolute()), packing_mb=packing_mb),
                              per_trial)
     callback = make_callback(out, spec, progress, scheduler_name)
     restoring = tune.Tuner.can_restore(exp_dir)

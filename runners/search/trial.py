@@ -268,6 +268,7 @@ class Evaluator:
         self.prune = spec.search.pruner != "none" and (self.objectives == ["val_accuracy"] or (
             len(self.objectives) > 1 and "val_accuracy" in self.objectives))  # several: runners.search.mo_pruning
         self.image_size = fixed_image_size(spec)
+        self.packing = None  # a runners.search.packing.Packing when trials share a device by the memory model
 
     def evaluate(self, number: int, suggest, hooks: TrialHooks, warm: Optional[str] = None,
                  in_space: bool = True) -> Outcome:
@@ -331,6 +332,33 @@ class Evaluator:
             return end("pruned", "over_budget", over)
         return self._train(number, sampled, data, size, cost, hooks, info, end)
 
+    def _train_packed(self, number: int, sampled: Spec, data, hooks: TrialHooks, info: dict, run):
+        """Train under the device's ledger (runners.search.packing): reserve the predicted memory (waiting while
+        the card is full), and retry alone a trial that ran out of memory beside others. None (with
+        ``info["reason_oom"]``) when the trial cannot fit even alone; it is then never started."""
+        from runners.search.packing import MIB
+
+        packing = self.packing
+        need = packing.need(sampled, data)
+        info["memory"] = need.to_json()
+        hooks.set_attr("reserved_mb", info["memory"]["reserved_mb"])
+        if need.reserve > packing.capacity:
+            info["reason_oom"] = (f"predicted training memory {need.predicted / MIB:,.1f} MiB (+ margin: "
+                                  f"{need.reserve / MIB:,.1f} MiB) exceeds the {packing.capacity / MIB:,.1f} MiB the "
+                                  f"device has for trials; it cannot fit even alone, so it was not started")
+            return None
+        trial_bytes = need.reserve - need.resident  # the data's share stays with the process between trials
+        with packing.hold(number, trial_bytes, hooks.status, resident=need.resident) as held:
+            result = run()
+        if result.status == "oom" and held.shared:
+            # beside other trials: the card, not the architecture, was short. Again, alone; only that OOM counts.
+            info["memory"]["oom_shared"] = result.reason
+            hooks.status(f"trial {number}: out of memory beside other trials; retrying alone")
+            with packing.hold(number, trial_bytes, hooks.status, alone=True, resident=need.resident):
+                result = run()
+            info["memory"]["retried_alone"] = True
+        return result
+
     def _draw(self, number: int, suggest, warm: Optional[str], in_space: bool) -> Spec:
         """The trial's spec: sampled from the space, or a warm-start architecture outside it, taken as-is."""
         if warm and not in_space:
@@ -379,8 +407,16 @@ class Evaluator:
                 metrics = {**metrics, "val_accuracy": metrics["rung_accuracy"]}
             return hooks.report(epoch, metrics) and epoch < epochs
 
-        result = train(sampled.model, sampled.train, report=report, on_step=on_step, data=data,
-                       device=self.device, image_size=size)
+        def run():
+            return train(sampled.model, sampled.train, report=report, on_step=on_step, data=data,
+                         device=self.device, image_size=size)
+
+        if self.packing is None:
+            result = run()
+        else:
+            result = self._train_packed(number, sampled, data, hooks, info, run)
+            if result is None:
+                return end("failed", "oom", info.pop("reason_oom"))
         info.update(epochs=result.epochs, history=result.history, val_accuracy=result.val_accuracy,
                     best_val_accuracy=result.best_val_accuracy, train_seconds=result.seconds)
         hooks.set_attr("epochs", result.epochs)

@@ -1,4 +1,9 @@
-"""Datasets for proxy training, held whole in memory as uint8 NCHW tensors.
+"""Datasets for proxy training, held whole as uint8 NCHW tensors: in memory, or as views of a memory map.
+
+``imagefolder``, ``cifar10`` and ``cifar100`` are prepared once into a cache (:mod:`runners.training.cache`) and
+``prepared`` reads a directory made by ``search data prepare``: their splits are slices of one read-only
+memory map (:mod:`runners.training.prepared`) that every process on a machine shares through the page cache.
+The embedded datasets (digits and its derived tasks, synthetic) are made in memory, as before.
 
 Fast proxy training keeps the data resident on the device and augments it there in batch (DESIGN.md section 6),
 so a dataset here is not a per-sample ``torch.utils.data.Dataset`` but a handful of tensors: train, validation

@@ -228,7 +228,7 @@ def _fit(state: _State, arch_or_model, config: TrainConfig, data: Dataset, devic
     model = model.to(device=device, memory_format=memory_format)
     state.model = model
     state.params = sum(p.numel() for p in model.parameters())
-    forward = torch.compile(model) if config.compile else model
+    forward = torch.compile(model, mode=config.compile_mode) if config.compile else model
 
     amp_dtype = amp_dtype_for(config.amp, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
@@ -505,9 +505,11 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
+    # fused kernels exist for CUDA tensors only; elsewhere (and by default) the per-tensor loop
+    fused = {"fused": True} if config.fused_optimizer and params and params[0].is_cuda else {}
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+        return torch.optim.AdamW(groups, lr=config.lr, **fused)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0, **fused)
 
 
 def amp_dtype_for(amp: str, device: torch.device) -> Optional[torch.dtype]:

@@ -133,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     src = resolve_dir(args.src, "give an image folder (class folders, or train/ and test/) or CIFAR batches", "SRC")
     kind = detect(src) if args.kind == "auto" else args.kind
+    if kind != "imagefolder" and args.grayscale:
+        raise SpecError("--grayscale", f"{kind} is prepared in colour; --grayscale is for image folders")
     listing = list_source(kind, src, "SRC")
     out = Path(args.out).expanduser().absolute()
     if out == src or src in out.parents:
@@ -151,8 +153,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     labels, is_test, num_classes = _labels(listing)
     rows = select_rows(labels, is_test, num_classes, args.classes, args.classes_seed, args.per_class, args.seed)
-    if kind != "imagefolder" and opt.channels == 1:
-        raise SpecError("--grayscale", f"{kind} is prepared in colour; --grayscale is for image folders")
     meta = prepare_source(listing, out, args.size, args.val_fraction, args.test_fraction, args.seed, rows=rows,
                           relabel_classes=args.classes is not None, settings=settings, options=opt, jobs=args.jobs,
                           skip_bad=args.skip_bad, flag="SRC")

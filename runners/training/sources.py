@@ -100,16 +100,16 @@ def list_imagefolder(root: str | Path, flag: str = "train.data_dir") -> Listing:
     files: list[str] = []
     labels: list[int] = []
     tests: list[bool] = []
-    digest = hashlib.sha256()
+    lines: list[str] = []
     for part in parts:
         for label, name in enumerate(classes):
             found = _images_in(part / name, flag)
-            for rel, size, mtime in found:
-                path = os.path.relpath(os.path.join(part, name, rel), root)
-                files.append(path)
-                digest.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+            prefix = f"{part.name}/{name}/" if nested else f"{name}/"  # paths relative to root, built once per folder
+            files += [prefix + rel for rel, _, _ in found]
+            lines += [f"{prefix}{rel}\0{size}\0{mtime}\n" for rel, size, mtime in found]
             labels += [label] * len(found)
             tests += [part.name == "test" and nested] * len(found)
+    digest = hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape"))
     digest.update(("\0".join(classes)).encode("utf-8", "surrogateescape"))
     return Listing("imagefolder", root, classes, np.asarray(labels, dtype=np.int64),
                    np.asarray(tests, dtype=bool) if nested else None, digest.hexdigest(), files)
@@ -155,7 +155,8 @@ def _images_in(folder: Path, flag: str) -> list[tuple[str, int, int]]:
     except OSError as e:
         raise SpecError(flag, f"{folder}: {e.strerror or e}") from None
     for entry in entries:
-        if entry.name.startswith(".") or os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
+        name = entry.name
+        if name.startswith(".") or name[name.rfind("."):].lower() not in IMAGE_SUFFIXES:  # rfind -1: the last char
             continue
         try:
             st = os.stat(entry.path)  # follows links: what a reader would open

@@ -47,6 +47,11 @@ class BlockType:
         """Add the block's params and MACs to ``c``; return the output (h, w)."""
         raise NotImplementedError
 
+    def memory(self, t, x, co: int, stride: int, spec, ctx: BlockContext):
+        """Replay the block's forward on shapes in ``t`` (a :class:`~.saved.Saved`), recording what autograd
+        saves; ``x`` is the input :class:`~.saved.Act`; return the output Act."""
+        raise NotImplementedError
+
     def check(self, ci: int, co: int, stride: int, spec, ctx: BlockContext) -> tuple[str, str] | None:
         """(field, reason) when this block cannot be built with these settings, else None."""
         return None
@@ -71,7 +76,7 @@ def _load() -> None:
     if not _LOADED:
         _LOADED = True
         for mod in pkgutil.iter_modules(__path__):
-            if mod.name not in ("layers", "residual"):
+            if mod.name not in ("layers", "residual", "saved"):
                 importlib.import_module(f"{__name__}.{mod.name}")
 
 

@@ -21,6 +21,9 @@ class ConvMixer(MixerBlockType):
     def mixer_cost(self, c, ci, co, stride, spec, reshapes, h, w):
         return conv_bn_cost(c, ci, co, 3, h, w, stride, groups=self.groups(spec))
 
+    def mixer_memory(self, t, x, co, stride, spec, reshapes):
+        return t.conv_bn(x, co, 3, stride, groups=self.groups(spec))
+
     def mixer_check(self, ci, co, spec):
         k = self.groups(spec)
         if ci % k or co % k:

@@ -13,6 +13,7 @@ from torch import nn
 
 from . import register_block
 from .layers import conv, conv_bn_cost
+from .saved import Act
 from .residual import MixerBlockType
 
 
@@ -59,6 +60,16 @@ class Res2Net(MixerBlockType):
         for _ in range(spec.scales - 1):
             ho, wo = conv_bn_cost(c, width, width, 3, h, w, stride, spec.cardinality)
         return ho, wo
+
+    def mixer_memory(self, t, x, co, stride, spec, reshapes):
+        width = co // spec.scales
+        part = Act(width, x.h, x.w, x.nbytes, x.sid)  # torch.split gives views of x
+        sp = None
+        for i in range(spec.scales - 1):             # over scales, which depend on each other
+            inp = part if i == 0 or reshapes else t.add(sp, part)
+            sp = t.conv_bn(inp, width, 3, stride, spec.cardinality, ci=width if inp is part else None)
+        last = t.avgpool(part, stride) if reshapes else part
+        return t.copy(Act(co, last.h, last.w, x.nbytes, -1))  # torch.cat: a new storage, nothing saved
 
     def mixer_check(self, ci, co, spec):
         if co % spec.scales:

@@ -11,6 +11,7 @@ from torch import nn
 from . import BlockContext, BlockType
 from .layers import (Counter, attention_cost, attention_module, conv_bn, conv_bn_cost, shortcut, shortcut_cost,
                      zero_init_)
+from .saved import attention_memory, shortcut_memory
 
 
 def mid_width(co: int, spec) -> int:
@@ -31,6 +32,10 @@ class MixerBlockType(BlockType):
         raise NotImplementedError
 
     def mixer_cost(self, c: Counter, ci, co, stride, spec, reshapes: bool, h, w):
+        raise NotImplementedError
+
+    def mixer_memory(self, t, x, co, stride, spec, reshapes: bool):
+        """What the mixer saves (see :mod:`.saved`); returns its output Act."""
         raise NotImplementedError
 
     def mixer_check(self, ci, co, spec) -> tuple[str, str] | None:
@@ -61,6 +66,17 @@ class MixerBlockType(BlockType):
         attention_cost(c, self.attention(spec), co, spec.se_ratio, h, w)
         shortcut_cost(c, ci, co, stride, ctx.downsample, h0, w0)
         return h, w
+
+    def memory(self, t, x, co, stride, spec, ctx):
+        mid = mid_width(co, spec)
+        reshapes = stride > 1 or x.c != co
+        if spec.bottleneck:
+            y = self.mixer_memory(t, t.conv_bn(x, mid, 1), mid, stride, spec, reshapes)
+            y = t.conv_bn(y, co, 1, act=False)
+        else:
+            y = t.conv_bn(self.mixer_memory(t, x, co, stride, spec, reshapes), co, 3, act=False)
+        y = attention_memory(t, self.attention(spec), y, spec.se_ratio)
+        return t.act_(t.add(y, shortcut_memory(t, x, co, stride, ctx.downsample)))
 
 
 class ResidualBlock(nn.Module):

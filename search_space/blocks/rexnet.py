@@ -23,6 +23,7 @@ from torch import nn
 
 from . import BlockContext, BlockType, register_block
 from .layers import Counter, conv_bn, conv_bn_cost, make_divisible
+from .saved import Act
 
 SE_RATIO = 1 / 12.
 
@@ -120,4 +121,20 @@ class ReXNet(BlockType):
             c.conv(rd, dw, 1, 1, 1, bias=True)
         conv_bn_cost(c, dw, co, 1, h, w)
         return h, w
+
+    def memory(self, t, x, co, stride, spec, ctx: BlockContext):
+        ci = x.c
+        dw = dw_channels(ci, spec.expansion, spec.rexnet_divisor)
+        y = t.act_clone_(t.conv_bn(x, dw, 1, act=False)) if spec.expansion != 1.0 else x   # SiLU in place
+        y = t.conv_bn(y, dw, 3, stride, groups=dw, act=False)
+        if spec.se_rexnet:
+            g = t.act_(t.bn(t.conv(t.mean(y), se_channels(dw, spec.rexnet_divisor), bias=True)))
+            y = t.mul(y, t.sigmoid(t.conv(g, dw, bias=True)))
+        y = t.conv_bn(t.act_clone_(y), co, 1, act=False)                               # ReLU6 in place
+        if not (stride == 1 and ci <= co):
+            return y
+        if ci == co:
+            return t.add(y, x)
+        t.add(Act(ci, y.h, y.w, y.nbytes, y.sid), x)                                  # out[:, :in] + x
+        return t.copy(y)                                                              # torch.cat
 

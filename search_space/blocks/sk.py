@@ -15,6 +15,7 @@ from torch import nn
 from . import register_block
 from .layers import conv, conv_bn, conv_bn_cost, make_divisible
 from .residual import MixerBlockType
+from .saved import Act
 
 
 def sk_attn_channels(co: int, ratio: float = 1 / 16, divisor: int = 32) -> int:
@@ -61,6 +62,16 @@ class SK(MixerBlockType):
         conv_bn_cost(c, co, a, 1, 1, 1)
         c.conv(a, 2 * co, 1, 1, 1)
         return ho, wo
+
+    def mixer_memory(self, t, x, co, stride, spec, reshapes):
+        k, split = spec.cardinality, (x.c // 2 if spec.sk_split else 0)
+        p3 = t.conv_bn(x, co, 3, stride, k, ci=split or None)          # x[:, :split] is a view of x
+        p5 = t.conv_bn(x, co, 3, stride, k, dilation=2, ci=(x.c - split) if split else None)
+        logits = t.conv(t.conv_bn(t.mean(t.add(p3, p5)), sk_attn_channels(co, spec.sk_ratio, spec.sk_divisor)),
+                        2 * co)
+        w = t.softmax(logits)
+        w = Act(co, 1, 1, w.nbytes, w.sid)                             # w[:, 0] and w[:, 1] are views of it
+        return t.add(t.mul(p3, w), t.mul(p5, w))
 
     def mixer_check(self, ci, co, spec):
         k = spec.cardinality

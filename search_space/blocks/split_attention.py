@@ -79,6 +79,19 @@ class SplitAttn(MixerBlockType):
             ho, wo = pool_out(h, stride), pool_out(w, stride)
         return ho, wo
 
+    def mixer_memory(self, t, x, co, stride, spec, reshapes):
+        r, k = spec.radix, spec.cardinality
+        pool = spec.avd and stride > 1
+        if pool and spec.avd_first:
+            x = t.avgpool(x, stride)
+        y = t.conv_bn(x, co * r, 3, 1 if spec.avd else stride, groups=k * r)
+        a = t.act_(t.bn(t.conv(t.mean(t.sum_splits(y, co)), splat_attn_channels(co, r), groups=k, bias=True)))
+        logits = t.conv(a, co * r, groups=k, bias=True)
+        # softmax over R of the transposed (K, R) view (its output is contiguous, so the reshape is a view)
+        attn = t.softmax(logits) if r > 1 else t.sigmoid(logits)
+        out = t.sum_splits(t.mul(y, attn), co)
+        return t.avgpool(out, stride) if pool and not spec.avd_first else out
+
     def mixer_check(self, ci, co, spec):
         r, k = spec.radix, spec.cardinality
         if ci % (k * r):
