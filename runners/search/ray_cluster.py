@@ -20,6 +20,7 @@ ending the run the way Ctrl-C does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -139,8 +140,9 @@ def probe(address: str) -> None:
             answer["error"] = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
     thread = threading.Thread(target=ask, name="ray-probe", daemon=True)
-    thread.start()
-    thread.join(GCS_TIMEOUT_S)
+    with _quiet_stderr():  # Ray's client logs its own failure (a native warning) besides the line we print
+        thread.start()
+        thread.join(GCS_TIMEOUT_S)
     if "cluster" not in answer:
         why = answer.get("error") or f"no answer within {GCS_TIMEOUT_S:g} s"
         if "auth" in why.lower():
@@ -150,6 +152,20 @@ def probe(address: str) -> None:
         raise SpecError("--address", f"{address} accepts connections but no Ray cluster answered there ({why}); "
                                      f"give the head's GCS port (6379 unless `ray start --head --port` chose "
                                      f"another)")
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """File descriptor 2 points to /dev/null for the block (native code writes there, not to sys.stderr)."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def connect(address: Optional[str], num_cpus: Optional[int] = None, resources: Optional[dict] = None) -> None:
