@@ -6,6 +6,7 @@ scores the project's own test accuracy on the test images, read from their files
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -258,3 +259,39 @@ def test_python_export_never_loads_a_stale_weights_file(searched, cli):
     torch.save(state, tmp / "net.weights.pt")  # a later, different file under the same name
     with pytest.raises(RuntimeError, match="not the file exported with net.py"):
         namespace["build_model"]()
+
+
+README_DRIVER = """
+import contextlib, io, json, sys
+from pathlib import Path
+
+snippet, folder = Path(sys.argv[1]).read_text(), Path(sys.argv[2])
+right = n = 0
+for path in sorted(folder.rglob("*.png")):
+    sys.argv = ["classify.py", str(path)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(snippet, "README.md", "exec"), {"__name__": "__main__"})
+    right += out.getvalue().strip() == path.parent.name
+    n += 1
+print(json.dumps({"n": n, "accuracy": right / n}))
+"""
+
+
+def test_the_readmes_onnxruntime_snippet_scores_the_projects_accuracy(searched, cli):
+    """The README's "take the winner away" code, as written, in a process that cannot import the project."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Take the winner away", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    run, tmp = searched["run"], searched["tmp"] / "readme"
+    tmp.mkdir()
+    assert cli("export", run, "--format", "onnx", "-o", tmp / "best.onnx").code == 0
+    (tmp / "snippet.py").write_text(snippet)
+    (tmp / "driver.py").write_text(README_DRIVER)
+    proc = subprocess.run([sys.executable, "-I", "driver.py", "snippet.py", str(searched["data"] / "test")],
+                          cwd=tmp, capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    want = json.loads((run / "final" / "metrics.json").read_text())["test_accuracy"]
+    assert got["n"] == 60 and abs(got["accuracy"] - want) <= 1 / got["n"] + 1e-9, (got, want)
