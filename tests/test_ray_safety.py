@@ -23,7 +23,7 @@ import pytest
 import conftest
 from runners.search import ray_cluster
 
-pytest.importorskip("ray")
+import ray  # noqa: E402,F401 - installed by the ray extra, which .ci/run installs: never skipped
 
 ENV = {**conftest.SUBPROCESS_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
 RAY_SPACE = {"train__epochs": 1, "train__lr": {"choice": [0.1, 0.3]}, "search__sampler": "random",
