@@ -178,3 +178,14 @@ def processes_beside(target, args_of, count: int):
 def failed_processes(children: list) -> list[tuple[int, int]]:
     """(worker index from 1, exit code) of each finished worker process that did not exit cleanly."""
     return [(i, p.exitcode) for i, p in enumerate(children, 1) if p.exitcode]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (one owned by another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from runners.common.signals import pid_alive
+
 MIB = 2**20
 MARGIN = 0.25         # reserve the prediction times 1.25 ...
 SLACK_MB = 128        # ... plus 128 MiB (allocator rounding, cuDNN workspaces, transients)
@@ -131,16 +133,6 @@ def trial_need(sampled, data, device) -> Need:
                 int(data_bytes * (1 + MARGIN)))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Ledger:
     """The reservations on one device: ``{"entries": {key: {pid, host, bytes, trial, alone, since}},
     "admissions": n}`` in a JSON file, read and written only under an exclusive ``flock`` of ``<file>.lock``.
@@ -164,7 +156,7 @@ class Ledger:
                 state.setdefault("entries", {})
                 state.setdefault("admissions", 0)
                 state["entries"] = {k: e for k, e in state["entries"].items()
-                                    if e.get("host") != self.host or _alive(int(e.get("pid", 0)))}
+                                    if e.get("host") != self.host or pid_alive(int(e.get("pid", 0)))}
                 before = json.dumps(state, sort_keys=True)
                 yield state
                 if json.dumps(state, sort_keys=True) != before:

@@ -39,6 +39,8 @@ import numpy as np
 
 from search_space.schema import SpecError
 
+from runners.common.signals import pid_alive
+
 from .prepared import IMAGES, LABELS, ROWS, SPLITS, write_meta
 
 MAX_IMAGE_PIXELS = 100_000_000  # 100 megapixels (10,000 x 10,000): above any camera's photo; PIL's own default
@@ -291,19 +293,9 @@ def remove_stale(out: Path) -> None:
     """Remove temporary directories that earlier, interrupted prepares of ``out`` left (their process is gone)."""
     for old in out.parent.glob(f".{out.name}.tmp-*"):
         pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
             continue
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _replace(tmp: Path, out: Path) -> None:
