@@ -13,7 +13,9 @@ default; pick with ``--only``):
 * ``start``: seconds from starting ``search run SPACE --dataset imagefolder --data-dir SRC`` to the end of the
   first trial's first epoch, with an empty cache (cold: the folder is prepared) and again (warm: the cache is
   mapped); a one-epoch run of a small space on 2% of the training rows, validated on 1%, so the epoch itself is
-  short and the same in both;
+  short and the same in both. Then, from the warm cache, the second of two workers (``--workers 2``) and the
+  audit (``search fidelity``) to the end of their first training run, and the floor: the same run on the
+  embedded ``digits_pairs`` (as many rows), which has no folder to list, fingerprint or map;
 * ``load``: the part of that start the cache changes, in-process: ``load_dataset`` of the raw folder with an empty
   cache against a filled one, and the seconds a fresh process spends importing torch and the search stack;
 * ``memory``: two processes that load the prepared dataset as two search workers do and read every image; the
@@ -147,36 +149,87 @@ def bench_draft(src: Path, size: int, images: int) -> dict:
     return out
 
 
-def first_epoch_seconds(src: Path, work: Path, cache: Path, name: str, size: int) -> float:
+def seconds_until(command: list, cache: Path, done, count: int = 1) -> float:
+    """Seconds from starting ``command`` until ``count`` lines of its stderr satisfy ``done`` (each such line ends
+    a training run: its first epoch is over); the command must then finish with exit code 0."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(command, env=env_with(SEARCH_DATA_CACHE=str(cache)), stderr=subprocess.PIPE, text=True,
+                            stdout=subprocess.DEVNULL)
+    seen, seconds = 0, None
+    for line in proc.stderr:
+        if seconds is None and done(line):
+            seen += 1
+            if seen == count:
+                seconds = time.perf_counter() - t0
+    proc.wait()
+    if proc.returncode != 0 or seconds is None:
+        raise SystemExit(f"{' '.join(map(str, command[2:]))} failed ({proc.returncode})")
+    return seconds
+
+
+def trial_line(line: str) -> bool:
+    return "trial" in line and "complete" in line  # a one-epoch trial's line: its first epoch has ended
+
+
+def audit_line(line: str) -> bool:
+    return " model " in line and ", val " in line  # an audit run's line: its first epoch has ended
+
+
+def run_command(src: Path, work: Path, name: str, size: int, *extra) -> list:
     space = work / "space.yaml"
     space.write_text(SPACE)
     run = work / f"run-{name}"
     shutil.rmtree(run, ignore_errors=True)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cli("run", space, "--dataset", "imagefolder", "--data-dir", src, "--image-size", size,
-                                "--device", "cpu", "--out", run, "--threads", 1),
-                            env=env_with(SEARCH_DATA_CACHE=str(cache)), stderr=subprocess.PIPE, text=True,
-                            stdout=subprocess.DEVNULL)
-    seconds = None
-    for line in proc.stderr:
-        if seconds is None and line.lstrip().startswith("trial") and "complete" in line:
-            seconds = time.perf_counter() - t0  # the one-epoch trial's line: its first epoch has ended
-    proc.wait()
-    if proc.returncode != 0 or seconds is None:
-        raise SystemExit(f"search run failed ({proc.returncode})")
-    return seconds
+    return cli("run", space, "--dataset", "imagefolder", "--data-dir", src, "--image-size", size, "--device", "cpu",
+               "--out", run, "--threads", 1, *extra)
 
 
-def bench_start(src: Path, work: Path, size: int) -> dict:
+def audit_command(src: Path, work: Path, name: str, size: int) -> list:
+    space = work / "space.yaml"
+    space.write_text(SPACE)
+    run = work / f"audit-{name}"
+    shutil.rmtree(run, ignore_errors=True)
+    return cli("fidelity", space, "--dataset", "imagefolder", "--data-dir", src, "--device", "cpu", "--out", run,
+               "--threads", 1, "--n", 3, "--factor", 2, "--seeds", 1, "--epochs", 1)  # the space's 32 px
+
+
+def bench_start(src: Path, work: Path, size: int, repeats: int = 3) -> dict:
+    """Cold against warm ``search run``, then what else starts from the warm cache: the second of two workers
+    (``--workers 2``: both first trials over) and the audit (its first run over). Last, the floor every start
+    pays whatever its data: the same run on the embedded ``digits_pairs`` with as many rows (nothing to list,
+    fingerprint or map)."""
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
-    cold = first_epoch_seconds(src, work, cache, "cold", size)
-    warm = [first_epoch_seconds(src, work, cache, f"warm{i}", size) for i in range(3)]
+    median = statistics.median
+    cold = seconds_until(run_command(src, work, "cold", size), cache, trial_line)
+    warm = [seconds_until(run_command(src, work, f"warm{i}", size), cache, trial_line) for i in range(repeats)]
+    workers = [seconds_until(run_command(src, work, f"workers{i}", size, "--workers", 2, "--trials", 2, "--storage",
+                                         f"journal:{work}/run-workers{i}.journal"), cache, trial_line, count=2)
+               for i in range(repeats)]
+    audit = [seconds_until(audit_command(src, work, f"{i}", size), cache, audit_line) for i in range(repeats)]
+    floor_space = work / "space-floor.yaml"  # as many training and validation rows as the photos' 2% and 1%
+    floor_space.write_text(SPACE.replace("dataset: imagefolder", "dataset: digits_pairs")
+                           .replace("train_fraction: 0.02", "train_fraction: 0.24")
+                           .replace("val_fraction: 0.01", "val_fraction: 0.15"))
+    floor = []
+    for i in range(repeats):
+        shutil.rmtree(work / f"run-floor{i}", ignore_errors=True)
+        floor.append(seconds_until(cli("run", floor_space, "--device", "cpu", "--out", work / f"run-floor{i}",
+                                       "--threads", 1), cache, trial_line))
     out = {"cold_seconds": round(cold, 2), "warm_seconds": [round(w, 2) for w in warm],
-           "warm_median_seconds": round(statistics.median(warm), 2)}
+           "warm_median_seconds": round(median(warm), 2),
+           "second_worker_seconds": [round(w, 2) for w in workers],
+           "second_worker_median_seconds": round(median(workers), 2),
+           "audit_first_run_seconds": [round(w, 2) for w in audit],
+           "audit_first_run_median_seconds": round(median(audit), 2),
+           "floor_seconds": [round(w, 2) for w in floor], "floor_median_seconds": round(median(floor), 2)}
     out["warm_over_cold"] = round(out["warm_median_seconds"] / cold, 4)
+    out["warm_minus_floor_seconds"] = round(out["warm_median_seconds"] - out["floor_median_seconds"], 2)
     print(f"search run to the end of the first epoch: cold {cold:.1f}s, warm {out['warm_median_seconds']:.1f}s "
-          f"(median of 3) = {out['warm_over_cold']:.1%} of cold", flush=True)
+          f"(median of {repeats}) = {out['warm_over_cold']:.1%} of cold; the same run on the embedded digits_pairs (no "
+          f"folder to list or map) {out['floor_median_seconds']:.1f}s; from the warm cache, the second of two "
+          f"workers {out['second_worker_median_seconds']:.1f}s, the audit's first run "
+          f"{out['audit_first_run_median_seconds']:.1f}s", flush=True)
     shutil.rmtree(cache, ignore_errors=True)
     return out
 
@@ -351,7 +404,7 @@ def main(argv=None) -> int:
         if "draft" in only:
             record["draft"] = bench_draft(src, args.size, args.draft_images)
         if "start" in only:
-            record["start"] = bench_start(src, work, args.size)
+            record["start"] = bench_start(src, work, args.size, args.repeats)
         if "load" in only:
             record["load"] = bench_load(src, work, args.size, args.repeats)
         prepared = work / f"prepared-j{args.jobs}"
