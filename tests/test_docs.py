@@ -35,6 +35,36 @@ def test_readme_and_docs_link_only_to_files_that_exist():
             assert (ROOT / target).exists(), f"README links to {target}, which does not exist"
 
 
+def pages() -> list[Path]:
+    return [README, *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+@pytest.mark.parametrize("path", pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_code_fences_are_closed(path):
+    """An unclosed fence swallows the prose after it into a code block (and pairs the later fences wrongly)."""
+    fences = [i + 1 for i, line in enumerate(path.read_text().splitlines()) if line.lstrip().startswith("```")]
+    assert len(fences) % 2 == 0, f"{path.relative_to(ROOT)}: a code fence is not closed (fences at lines {fences})"
+
+
+def test_no_merge_conflict_markers():
+    """A merge left half-resolved renders as garbage (and a fence it splits hides the prose after it)."""
+    marker = re.compile(r"^(<{7}|={7}|>{7})( |$)", flags=re.M)
+    files = [p for p in ROOT.rglob("*") if p.suffix in {".md", ".py", ".yaml", ".yml", ".toml", ".cfg"}
+             and p.is_file() and not {".git", ".venv", "site", "runs", "node_modules"} & set(p.parts)]
+    found = [f"{p.relative_to(ROOT)}:{text[:m.start()].count(chr(10)) + 1}" for p in files
+             for text in [p.read_text(errors="replace")] for m in marker.finditer(text)]
+    assert not found, found
+
+
+def test_raw_records_the_docs_name_exist():
+    """Every figure's raw record is kept in the repo: each ``docs/results/...`` file a page names is there."""
+    named = {(path, m) for path in pages() for m in re.findall(r"docs/results/[\w./-]+\.jsonl?", path.read_text())
+             if "DATE" not in m}
+    assert named, "no page names a raw record"
+    missing = sorted(f"{path.relative_to(ROOT)}: {m}" for path, m in named if not (ROOT / m).is_file())
+    assert not missing, missing
+
+
 def test_the_ci_script_runs_the_readme_test_command():
     assert "python -m pytest -q" in README.read_text()
     assert "-m pytest -q" in (ROOT / ".ci" / "run").read_text()
@@ -55,7 +85,7 @@ def documented_commands(kinds=("validate", "compile", "sample", "schema")) -> li
     """``search <kind> ...`` lines of the bash blocks of the README and every docs page (comments and
     redirections dropped), so the quick commands a reader copies are run as written."""
     found = set()
-    for path in [README, *sorted((ROOT / "docs").rglob("*.md"))]:
+    for path in pages():
         for block in re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.S):
             for line in block.splitlines():
                 line = line.split("#")[0].split(">")[0].strip()
