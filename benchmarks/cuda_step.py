@@ -29,10 +29,11 @@ import dataclasses
 import datetime
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from provenance import head_commit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -118,10 +119,6 @@ def ours_step_ms(spec, data, device, epochs: int) -> dict:
 
 
 COMMIT = ""
-
-
-def head_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def main() -> int:

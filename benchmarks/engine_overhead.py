@@ -8,7 +8,7 @@ each trial's training is short and the rest of its wall time is the engine's: sa
 
 measured after the engine is up (Ray's start-up is reported separately, as is the whole search's wall time).
 
-    python benchmarks/engine_overhead.py --trials 20
+    python benchmarks/engine_overhead.py --trials 20 --json docs/results/engine-overhead-DATE.json
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+from provenance import head_commit, machine, now
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -57,7 +60,10 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--json", help="write the raw record (every time, the machine, the commit) here")
     args = ap.parse_args()
+    record = {"benchmark": "benchmarks/engine_overhead.py", "argv": sys.argv[1:], "commit": head_commit(),
+              "date": now(), "machine": machine(), "trials": args.trials, "threads": 1}
     torch.set_num_threads(1)
     import yaml
 
@@ -88,7 +94,17 @@ def main() -> int:
     for name, (wall, trained, startup) in rows.items():
         per[name] = (wall - trained) / args.trials
         print(f"{name:<8} {wall:>8.1f} {trained:>10.1f} {per[name]:>17.3f} {startup:>11.1f}")
-    print(f"ratio ray / optuna overhead per trial: {per['ray'] / max(per['optuna'], 1e-9):.1f}x")
+    ratio = per['ray'] / max(per['optuna'], 1e-9)
+    print(f"ratio ray / optuna overhead per trial: {ratio:.1f}x")
+    if args.json:
+        record["engines"] = {name: {"wall_seconds": round(wall, 3), "trained_seconds": round(trained, 3),
+                                    "overhead_seconds_per_trial": round(per[name], 4),
+                                    "startup_seconds": round(startup, 3)}
+                             for name, (wall, trained, startup) in rows.items()}
+        record["ray_over_optuna"] = round(ratio, 3)
+        record["machine"]["load_average_at_end"] = os.getloadavg()
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 

@@ -36,6 +36,8 @@ import threading
 import time
 from pathlib import Path
 
+from provenance import head_commit
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -130,10 +132,6 @@ def run_setting(args, label: str, per_gpu: str, card_mb: float | None, work: Pat
 
 
 COMMIT = ""
-
-
-def head_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def main() -> int:

@@ -31,7 +31,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -39,6 +38,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from provenance import head_commit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -74,20 +75,6 @@ def env_with(**extra) -> dict:
 
 def cli(*args) -> list[str]:
     return [sys.executable, "-m", "search_space.cli", *map(str, args)]
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True).stdout.strip()
-    except OSError:
-        return "unknown"
-
-
-def machine() -> dict:
-    return {"cores": len(os.sched_getaffinity(0)), "cpu": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "load_average_at_start": os.getloadavg(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "gpu": None}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -395,7 +382,7 @@ def main(argv=None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="prepare-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     only = set(args.only or ("prepare", "draft", "start", "load", "memory", "train"))
-    record = {"benchmark": "benchmarks/prepare_speed.py", "argv": sys.argv[1:], "commit": git_commit(),
+    record = {"benchmark": "benchmarks/prepare_speed.py", "argv": sys.argv[1:], "commit": head_commit()[:7],
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "source": str(src), "size": args.size}
     try:
