@@ -218,7 +218,8 @@ def run_shares(methods: list[str], args, done: dict, settings: dict, one) -> dic
         with contextlib.closing(my_share(methods, args, done, settings)) as share:  # a lock is let go on error
             for i, method, seed in share:
                 figures, line = one(i, method, seed)
-                row = {"method": method, "seed": seed, **settings, **figures}
+                row = {"method": method, "seed": seed, **settings, **figures,
+                       "commit": getattr(args, "commit", None), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 done[(method, seed)] = row
                 append_record(args.record, row)
                 print(f"{worker_prefix(args)}seed {seed:>2}  {method:<{width}}  {line}", flush=True)
@@ -490,6 +491,12 @@ def main(argv=None) -> int:
                                                            "--record (a temporary one without it)")
     p.add_argument("--verbose", action="store_true", help="print every trial")
     args = p.parse_args(argv)
+    if not getattr(args, "commit", None):  # the code measured, stamped on every recorded row (its provenance)
+        import subprocess
+
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True)
+        args.commit = done.stdout.strip() or "unknown"
     if min(args.budget_epochs, args.seeds, args.factor, args.judge_seeds, args.workers) < 1:
         p.error("--budget-epochs, --seeds, --factor, --judge-seeds and --workers must be at least 1")
     if args.multi_objective and args.pruner:
