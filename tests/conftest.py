@@ -10,9 +10,11 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +43,19 @@ model:
 train: {dataset: digits, epochs: 2, batch_size: 64, warmup_epochs: 0, lr: {float: [0.1, 0.3], log: true}}
 search: {trials: 4, sampler: random, pruner: none}
 """
+
+
+def write_image_folder(root: Path, classes=("ant", "bee", "cow"), per_class=6, seed=0, start=0) -> Path:
+    """Class folders of JPEGs and PNGs (RGB and grayscale) of assorted sizes, deterministic in ``seed``."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + per_class):
+            w, h = (40, 30) if i % 2 else (28, 44)
+            pixels = (rng.integers(0, 120, (h, w, 3)) + 60 * c).astype(np.uint8)
+            img = Image.fromarray(pixels) if i % 3 else Image.fromarray(pixels[..., 0], mode="L")
+            img.save(root / name / (f"{i}.jpg" if i % 2 else f"{i}.png"), quality=95)
+    return root
 
 
 def write_space(tmp_path: Path, text: str = TINY, **changes) -> Path:

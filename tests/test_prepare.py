@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from runners.training import cache
 from runners.training.data import _open_prepared, cache_entry, clear_cache, load_dataset
@@ -26,6 +25,7 @@ from runners.training.sources import list_imagefolder
 from search_space.config import TrainConfig
 from search_space.schema import SpecError
 from tests.conftest import ROOT, SUBPROCESS_ENV
+from tests.conftest import write_image_folder as write_folder
 
 ARCH = """\
 name: tiny
@@ -44,19 +44,6 @@ def _fresh(tmp_path, monkeypatch):
     clear_cache()
     yield
     clear_cache()
-
-
-def write_folder(root: Path, classes=("ant", "bee", "cow"), per_class=6, seed=0, start=0) -> Path:
-    """Class folders of JPEGs and PNGs (RGB and grayscale) of assorted sizes, deterministic in ``seed``."""
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(start, start + per_class):
-            w, h = (40, 30) if i % 2 else (28, 44)
-            pixels = (rng.integers(0, 120, (h, w, 3)) + 60 * c).astype(np.uint8)
-            img = Image.fromarray(pixels) if i % 3 else Image.fromarray(pixels[..., 0], mode="L")
-            img.save(root / name / (f"{i}.jpg" if i % 2 else f"{i}.png"), quality=95)
-    return root
 
 
 def one_error(err: str) -> bool:

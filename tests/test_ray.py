@@ -198,9 +198,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ray(*args, timeout=120) -> subprocess.CompletedProcess:
+def _ray(*args, timeout=120, env=None) -> subprocess.CompletedProcess:
     ray_bin = Path(sys.executable).parent / "ray"
-    return subprocess.run([str(ray_bin), *args], env=CLUSTER_ENV, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([str(ray_bin), *args], env=env or CLUSTER_ENV, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 # Ray resolves 127.0.0.1 to the machine's network address for a cluster; another loopback address stays local.
@@ -211,31 +212,44 @@ CLUSTER_ENV = {**ENV, "RAY_AUTH_MODE": "token"}
 
 def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     """A real two-node Ray cluster on loopback (a head and a second node with its own custom resource): the
-    search joins it with --address and trials run on both nodes."""
+    search joins it with --address and trials run on both nodes. The data is a raw image folder: the trials
+    prepare it where they run, into the nodes' cache (here one folder both nodes see, as shared storage would be),
+    once for both nodes under the cache's lock, and nothing goes through the driver, whose own cache stays empty
+    (issue 24, item 4)."""
     port = _free_port()
+    photos = conftest.write_image_folder(tmp_path / "photos", per_class=8)
+    nodes_env = {**CLUSTER_ENV, "SEARCH_DATA_CACHE": str(tmp_path / "node-cache")}
+    driver_env = {**CLUSTER_ENV, "SEARCH_DATA_CACHE": str(tmp_path / "driver-cache")}
     _ray("stop", "--force")
     head = _ray("start", "--head", f"--port={port}", f"--node-ip-address={NODE_IP}", "--num-cpus=1",
-                "--resources={\"head_node\": 1}", "--include-dashboard=false", "--disable-usage-stats")
+                "--resources={\"head_node\": 1}", "--include-dashboard=false", "--disable-usage-stats", env=nodes_env)
     assert head.returncode == 0, head.stderr[-2000:]
     try:
         worker = _ray("start", f"--address={NODE_IP}:{port}", f"--node-ip-address={NODE_IP}", "--num-cpus=1",
-                      "--resources={\"second_node\": 1}", "--disable-usage-stats")
+                      "--resources={\"second_node\": 1}", "--disable-usage-stats", env=nodes_env)
         assert worker.returncode == 0, worker.stderr[-2000:]
-        path = write_space(tmp_path, search__trials=4)
+        path = write_space(tmp_path, search__trials=4, train__dataset="imagefolder", train__data_dir=str(photos))
         out = tmp_path / "run"
         missing = search(path, "--out", out, "--address", f"{NODE_IP}:{port}", cwd=tmp_path, timeout=120,
-                         env=CLUSTER_ENV)
+                         env=driver_env)
         assert missing.returncode == 2 and "--storage-path" in missing.stderr and "2 nodes" in missing.stderr
         done = search(path, "--out", out, "--address", f"{NODE_IP}:{port}", "--storage-path", tmp_path / "shared",
-                      "--max-concurrent", "2", cwd=tmp_path, env=CLUSTER_ENV)
+                      "--max-concurrent", "2", cwd=tmp_path, env=driver_env)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "on 2 node(s)" in done.stderr
-        nodes = {m["node"] for m in trial_files(out).values()}
+        files = trial_files(out)
+        assert len(files) == 4 and all(m["state"] == "complete" for m in files.values()), files
+        nodes = {m["node"] for m in files.values()}
         ids = subprocess.run([sys.executable, "-c", f"import ray, json; ray.init(address='{NODE_IP}:{port}', "
                               "logging_level='ERROR'); print(json.dumps([n['NodeID'] for n in ray.nodes() "
                               "if n['Alive']]))"], env=CLUSTER_ENV, capture_output=True, text=True, timeout=120)
         assert nodes == set(json.loads(ids.stdout.strip().splitlines()[-1])), (nodes, ids.stdout, ids.stderr)
         assert (tmp_path / "shared" / "ray").is_dir()
+        entries = [p for p in (tmp_path / "node-cache").iterdir() if p.is_dir()]
+        assert len(entries) == 1 and entries[0].name.startswith("imagefolder-photos-8px-"), entries  # prepared once
+        assert (entries[0] / "meta.json").is_file()
+        driver_cache = tmp_path / "driver-cache"
+        assert not driver_cache.exists() or not any(driver_cache.iterdir())  # the driver loaded no data
     finally:
         _ray("stop", "--force")
 
