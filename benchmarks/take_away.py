@@ -53,12 +53,15 @@ search: {trials: 8, sampler: tpe, pruner: none}
 """
 
 
-def draw(shape: str, rng: np.random.Generator) -> np.ndarray:
-    """A shape in a random colour on a noisy background, at a random size and aspect, a little off centre."""
-    w, h = int(rng.integers(32, 97)), int(rng.integers(32, 97))
+def draw(shape: str, rng: np.random.Generator, sides=(32, 97), shift: float = 4.0,
+         radius=(0.22, 0.35)) -> np.ndarray:
+    """A shape in a random colour on a noisy background, at a random size and aspect (each side in ``sides``,
+    end excluded), up to ``shift`` pixels off centre: the shorter-side resize and centre crop decide what the
+    network sees. The test suite draws its smaller images with this too."""
+    w, h = int(rng.integers(*sides)), int(rng.integers(*sides))
     img = rng.normal(60, 25, (h, w, 3))
-    cy, cx = h / 2 + rng.uniform(-4, 4), w / 2 + rng.uniform(-4, 4)
-    r = min(h, w) * rng.uniform(0.22, 0.35)
+    cy, cx = h / 2 + rng.uniform(-shift, shift), w / 2 + rng.uniform(-shift, shift)
+    r = min(h, w) * rng.uniform(*radius)
     yy, xx = np.mgrid[:h, :w]
     dy, dx = np.abs(yy - cy), np.abs(xx - cx)
     mask = {"circle": dy ** 2 + dx ** 2 <= r ** 2, "square": (dy <= r * 0.8) & (dx <= r * 0.8),

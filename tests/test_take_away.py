@@ -5,6 +5,7 @@ scores the project's own test accuracy on the test images, read from their files
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -22,20 +23,15 @@ from search_space.spec import load_spec
 SHAPES = ("circle", "cross", "hbar", "square", "vbar")
 
 
+_spec = importlib.util.spec_from_file_location("take_away", Path(__file__).resolve().parents[1] / "benchmarks" /
+                                               "take_away.py")
+_BENCHMARK = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_BENCHMARK)
+
+
 def draw(shape: str, rng: np.random.Generator) -> np.ndarray:
-    """One RGB image of ``shape`` in a random colour on a noisy background, at a random size and aspect, with the
-    shape off centre: the shorter-side resize and centre crop decide what the network sees."""
-    w, h = int(rng.integers(24, 49)), int(rng.integers(24, 49))
-    img = rng.normal(60, 25, (h, w, 3))
-    cy, cx = h / 2 + rng.uniform(-3, 3), w / 2 + rng.uniform(-3, 3)
-    r = min(h, w) * rng.uniform(0.25, 0.35)
-    yy, xx = np.mgrid[:h, :w]
-    dy, dx = np.abs(yy - cy), np.abs(xx - cx)
-    mask = {"circle": dy ** 2 + dx ** 2 <= r ** 2, "square": (dy <= r * 0.8) & (dx <= r * 0.8),
-            "hbar": (dy <= r * 0.3) & (dx <= r * 1.2), "vbar": (dx <= r * 0.3) & (dy <= r * 1.2),
-            "cross": ((dy <= r * 0.25) | (dx <= r * 0.25)) & (dy <= r) & (dx <= r)}[shape]
-    img[mask] = rng.uniform(120, 255, 3)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    """One RGB image of ``shape``, smaller than the benchmark's (24-48 px a side, up to 3 px off centre)."""
+    return _BENCHMARK.draw(shape, rng, sides=(24, 49), shift=3.0, radius=(0.25, 0.35))
 
 
 def image_folder(root: Path, train: int = 30, test: int = 12, seed: int = 0) -> Path:
