@@ -222,6 +222,7 @@ def test_an_sqlite_file_that_is_not_an_optuna_study_is_refused_and_left_alone(tm
     (["--n", "2"], "--n"), (["--factor", "1000000000"], "--factor"), (["--factor", "1"], "--factor"),
     (["--seeds", "1000"], "--seeds"), (["--seeds", "0"], "--seeds"), (["--top-k", "0"], "--top-k"),
     (["--top-k", "100000"], "--top-k"), (["--threads", "0"], "--threads"), (["--threads", "100000"], "--threads"),
+    (["--image-size", "0"], "--image-size"), (["--image-size", "100000"], "--image-size"),
 ])
 def test_fidelity_flags_are_bounded(tmp_path, cli, args, flag):
     path = write_space(tmp_path, LR_ONLY, train__epochs=1)

@@ -390,3 +390,23 @@ def test_two_processes_starting_together_prepare_once(tmp_path):
     assert outs[0] == outs[1]
     assert sum(e.count("prepared ") for e in errs) == 1  # one prepared it, the other mapped it
     assert _entries(tmp_path) == [name]
+
+
+def test_the_audit_trains_at_the_runs_image_size_from_the_same_cache(tmp_path, cli):
+    """`search fidelity --image-size` as `search run --image-size`: an audit of a run on raw images maps the cache
+    entry the run prepared (same size, same key) instead of preparing the folder again at the spec's size."""
+    from tests.conftest import write_space
+
+    src = write_folder(tmp_path / "photos", per_class=8)
+    space = write_space(tmp_path, search__trials=1, train__epochs=1, train__dataset="imagefolder",
+                        train__data_dir=str(src))
+    assert cli("run", space, "--image-size", "6", "--out", tmp_path / "run").code == 0
+    entries = sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir())
+    assert len(entries) == 1 and "-6px-" in entries[0], entries
+    done = cli("fidelity", space, "--image-size", "6", "--n", "3", "--factor", "2", "--seeds", "1", "--epochs", "1",
+               "--out", tmp_path / "audit")
+    assert done.code == 0, done.err[-2000:]
+    assert "preparing" not in done.err  # the run's entry, mapped
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()) == entries
+    sizes = {json.loads(p.read_text())["preprocess"]["size"] for p in (tmp_path / "audit" / "models").rglob("*.json")}
+    assert sizes == {6}

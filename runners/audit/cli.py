@@ -23,7 +23,7 @@ def cmd_fidelity(args) -> int:
     def overrides(spec):
         train = spec.train
         for flag, name in (("epochs", "epochs"), ("dataset", "dataset"), ("data_dir", "data_dir"),
-                           ("device", "device")):
+                           ("device", "device"), ("image_size", "image_size")):
             value = getattr(args, flag)
             if value is not None:
                 f = next(f for f in dataclasses.fields(train) if f.name == name)
@@ -64,4 +64,6 @@ def add_parser(sub) -> None:
     g.add_argument("--dataset", choices=hints(TrainConfig)["dataset"].__args__)
     g.add_argument("--data-dir", help="directory of the dataset files")
     g.add_argument("--device", choices=hints(TrainConfig)["device"].__args__)
+    g.add_argument("--image-size", type=int, metavar="PX", help="train every run at this size, as search run "
+                   "--image-size does (default: the spec's train.image_size, else each model's input_size)")
     p.set_defaults(func=cmd_fidelity)
