@@ -12,7 +12,8 @@ default; pick with ``--only``):
 * ``draft``: decoding ``--draft-images`` JPEGs in one process with PIL's draft mode against full-scale decoding;
 * ``start``: seconds from starting ``search run SPACE --dataset imagefolder --data-dir SRC`` to the end of the
   first trial's first epoch, with an empty cache (cold: the folder is prepared) and again (warm: the cache is
-  mapped); a one-epoch run of a small space on 2% of the training rows, validated on 1%, so the epoch itself is
+  mapped); a one-epoch run of a small space on as many rows as 2% of a 50,000-image folder's training rows,
+  validated on 1% (the fractions shrink as the folder grows), so the epoch itself is
   short and the same in both. Then, from the warm cache, the second of two workers (``--workers 2``) and the
   audit (``search fidelity``) to the end of their first training run, and the floor: the same run on the
   embedded ``digits_pairs`` (as many rows), which has no folder to list, fingerprint or map;
@@ -53,7 +54,7 @@ model:
     - depth: 1
       width: {choice: [16, 24]}
       block: {type: plain, bottleneck: false}
-train: {dataset: imagefolder, epochs: 1, batch_size: 64, warmup_epochs: 0, train_fraction: 0.02, val_fraction: 0.01}
+train: {dataset: imagefolder, epochs: 1, batch_size: 64, warmup_epochs: 0, train_fraction: TRAIN, val_fraction: VAL}
 search: {trials: 1, sampler: random, pruner: none}
 """
 
@@ -162,9 +163,23 @@ def audit_line(line: str) -> bool:
     return " model " in line and ", val " in line  # an audit run's line: its first epoch has ended
 
 
+START_IMAGES = 50_000  # the start run trains on 2% of the rows of a folder this size and validates on 1%
+
+
+def start_space(images: int) -> str:
+    """The start run's space for a folder of ``images`` images: its fractions shrink as the folder grows so that
+    the one epoch trains and validates as many rows as 2% and 1% of a 50,000-image folder's whatever the folder's
+    size: start times of folders of different sizes then differ only in the data's part."""
+    scale = START_IMAGES / images
+    return SPACE.replace("TRAIN", f"{0.02 * scale:.6g}").replace("VAL", f"{0.01 * scale:.6g}")
+
+
+def count_images(src: Path) -> int:
+    return sum(1 for _, _, files in os.walk(src) for f in files if f.lower().endswith((".jpg", ".jpeg", ".png")))
+
+
 def run_command(src: Path, work: Path, name: str, size: int, *extra) -> list:
     space = work / "space.yaml"
-    space.write_text(SPACE)
     run = work / f"run-{name}"
     shutil.rmtree(run, ignore_errors=True)
     return cli("run", space, "--dataset", "imagefolder", "--data-dir", src, "--image-size", size, "--device", "cpu",
@@ -173,11 +188,10 @@ def run_command(src: Path, work: Path, name: str, size: int, *extra) -> list:
 
 def audit_command(src: Path, work: Path, name: str, size: int) -> list:
     space = work / "space.yaml"
-    space.write_text(SPACE)
     run = work / f"audit-{name}"
     shutil.rmtree(run, ignore_errors=True)
-    return cli("fidelity", space, "--dataset", "imagefolder", "--data-dir", src, "--device", "cpu", "--out", run,
-               "--threads", 1, "--n", 3, "--factor", 2, "--seeds", 1, "--epochs", 1)  # the space's 32 px
+    return cli("fidelity", space, "--dataset", "imagefolder", "--data-dir", src, "--image-size", size, "--device",
+               "cpu", "--out", run, "--threads", 1, "--n", 3, "--factor", 2, "--seeds", 1, "--epochs", 1)
 
 
 def bench_start(src: Path, work: Path, size: int, repeats: int = 3) -> dict:
@@ -188,6 +202,8 @@ def bench_start(src: Path, work: Path, size: int, repeats: int = 3) -> dict:
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
     median = statistics.median
+    images = count_images(src)
+    (work / "space.yaml").write_text(start_space(images))
     cold = seconds_until(run_command(src, work, "cold", size), cache, trial_line)
     warm = [seconds_until(run_command(src, work, f"warm{i}", size), cache, trial_line) for i in range(repeats)]
     workers = [seconds_until(run_command(src, work, f"workers{i}", size, "--workers", 2, "--trials", 2, "--storage",
@@ -196,14 +212,13 @@ def bench_start(src: Path, work: Path, size: int, repeats: int = 3) -> dict:
     audit = [seconds_until(audit_command(src, work, f"{i}", size), cache, audit_line) for i in range(repeats)]
     floor_space = work / "space-floor.yaml"  # as many training and validation rows as the photos' 2% and 1%
     floor_space.write_text(SPACE.replace("dataset: imagefolder", "dataset: digits_pairs")
-                           .replace("train_fraction: 0.02", "train_fraction: 0.24")
-                           .replace("val_fraction: 0.01", "val_fraction: 0.15"))
+                           .replace("TRAIN", "0.24").replace("VAL", "0.15"))
     floor = []
     for i in range(repeats):
         shutil.rmtree(work / f"run-floor{i}", ignore_errors=True)
         floor.append(seconds_until(cli("run", floor_space, "--device", "cpu", "--out", work / f"run-floor{i}",
                                        "--threads", 1), cache, trial_line))
-    out = {"cold_seconds": round(cold, 2), "warm_seconds": [round(w, 2) for w in warm],
+    out = {"images": images, "space": start_space(images), "cold_seconds": round(cold, 2), "warm_seconds": [round(w, 2) for w in warm],
            "warm_median_seconds": round(median(warm), 2),
            "second_worker_seconds": [round(w, 2) for w in workers],
            "second_worker_median_seconds": round(median(workers), 2),
@@ -246,7 +261,7 @@ def bench_load(src: Path, work: Path, size: int, repeats: int) -> dict:
     subprocess.run([sys.executable, "-c", "import torch, optuna, runners.training.data, runners.search.optuna_engine"],
                    env=env_with(), check=True)
     imports = time.perf_counter() - t0
-    out = {"cold_seconds": round(cold, 2), "warm_seconds": [round(w, 3) for w in warm],
+    out = {"images": images, "space": start_space(images), "cold_seconds": round(cold, 2), "warm_seconds": [round(w, 3) for w in warm],
            "warm_median_seconds": round(statistics.median(warm), 3), "import_seconds": round(imports, 2)}
     out["warm_over_cold"] = round(out["warm_median_seconds"] / cold, 5)
     print(f"loading the raw folder: cold (prepare) {cold:.1f}s, warm (list and map) "
