@@ -13,7 +13,7 @@ default; pick with ``--only``):
 * ``start``: seconds from starting ``search run SPACE --dataset imagefolder --data-dir SRC`` to the end of the
   first trial's first epoch, with an empty cache (cold: the folder is prepared) and again (warm: the cache is
   mapped); a one-epoch run of a small space on as many rows as 2% of a 50,000-image folder's training rows,
-  validated on 1% (the fractions shrink as the folder grows), so the epoch itself is
+  validated on 1% (the fractions shrink as the folder grows, to at least 0.01), so the epoch itself is
   short and the same in both. Then, from the warm cache, the second of two workers (``--workers 2``) and the
   audit (``search fidelity``) to the end of their first training run, and the floor: the same run on the
   embedded ``digits_pairs`` (as many rows), which has no folder to list, fingerprint or map;
@@ -163,15 +163,17 @@ def audit_line(line: str) -> bool:
     return " model " in line and ", val " in line  # an audit run's line: its first epoch has ended
 
 
-START_IMAGES = 50_000  # the start run trains on 2% of the rows of a folder this size and validates on 1%
+START_IMAGES = 50_000  # the start run trains as many rows as 2% of a folder this size, and validates 1%
 
 
 def start_space(images: int) -> str:
     """The start run's space for a folder of ``images`` images: its fractions shrink as the folder grows so that
-    the one epoch trains and validates as many rows as 2% and 1% of a 50,000-image folder's whatever the folder's
-    size: start times of folders of different sizes then differ only in the data's part."""
+    the one epoch trains and validates as many rows as 2% and 1% of a 50,000-image folder's, down to the spec's
+    least fraction (0.01): from 100,000 images on, the epoch grows with the folder (1% of its rows each), which
+    counts against the warm start, never for it."""
     scale = START_IMAGES / images
-    return SPACE.replace("TRAIN", f"{0.02 * scale:.6g}").replace("VAL", f"{0.01 * scale:.6g}")
+    return (SPACE.replace("TRAIN", f"{max(0.01, 0.02 * scale):.6g}")
+            .replace("VAL", f"{max(0.01, 0.01 * scale):.6g}"))
 
 
 def count_images(src: Path) -> int:
