@@ -220,7 +220,8 @@ def bench_start(src: Path, work: Path, size: int, repeats: int = 3) -> dict:
         shutil.rmtree(work / f"run-floor{i}", ignore_errors=True)
         floor.append(seconds_until(cli("run", floor_space, "--device", "cpu", "--out", work / f"run-floor{i}",
                                        "--threads", 1), cache, trial_line))
-    out = {"images": images, "space": start_space(images), "cold_seconds": round(cold, 2), "warm_seconds": [round(w, 2) for w in warm],
+    out = {"images": images, "space": start_space(images), "cold_seconds": round(cold, 2),
+           "warm_seconds": [round(w, 2) for w in warm],
            "warm_median_seconds": round(median(warm), 2),
            "second_worker_seconds": [round(w, 2) for w in workers],
            "second_worker_median_seconds": round(median(workers), 2),
@@ -263,7 +264,7 @@ def bench_load(src: Path, work: Path, size: int, repeats: int) -> dict:
     subprocess.run([sys.executable, "-c", "import torch, optuna, runners.training.data, runners.search.optuna_engine"],
                    env=env_with(), check=True)
     imports = time.perf_counter() - t0
-    out = {"images": images, "space": start_space(images), "cold_seconds": round(cold, 2), "warm_seconds": [round(w, 3) for w in warm],
+    out = {"cold_seconds": round(cold, 2), "warm_seconds": [round(w, 3) for w in warm],
            "warm_median_seconds": round(statistics.median(warm), 3), "import_seconds": round(imports, 2)}
     out["warm_over_cold"] = round(out["warm_median_seconds"] / cold, 5)
     print(f"loading the raw folder: cold (prepare) {cold:.1f}s, warm (list and map) "
