@@ -4,15 +4,20 @@ Each case is loaded with ``load_spec`` (read, SpecLoader, validation, cost model
 median CPU seconds of this process per load and what happened (valid, or the start of the error). Cases: a shipped
 space, the largest spec within the limits (16 stages of 64 listed blocks), a file just under the size limit (one
 long string), a file at the YAML node limit, thousands of stages, deep nesting and an alias bomb. Run from the
-project root: ``python benchmarks/spec_limits.py``.
+project root: ``python benchmarks/spec_limits.py`` (``--json FILE`` also writes the raw record).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from provenance import head_commit, machine, now
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,11 +45,17 @@ def cases() -> dict[str, str]:
     }
 
 
-def main(repeats: int = 3) -> None:
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", help="write the raw record here")
+    args = p.parse_args(argv)
+    record = {"benchmark": "benchmarks/spec_limits.py", "argv": sys.argv[1:], "commit": head_commit()[:7],
+              "date": now(), "machine": machine(), "cases": []}
     print(f"{'case':<44} {'CPU s/load':>10}  outcome")
     for name, text in cases().items():
         times, outcome = [], ""
-        for _ in range(repeats):
+        for _ in range(args.repeats):
             start = time.process_time()
             try:
                 spec = load_spec(text)
@@ -53,7 +64,13 @@ def main(repeats: int = 3) -> None:
                 outcome = f"refused: {str(e)[:60]}"
             times.append(time.process_time() - start)
         print(f"{name:<44} {statistics.median(times):>10.3f}  {outcome}")
+        record["cases"].append({"case": name, "cpu_seconds": [round(t, 4) for t in times],
+                                "median_cpu_seconds": round(statistics.median(times), 4), "outcome": outcome})
+    record["machine"]["load_average_at_end"] = os.getloadavg()
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
