@@ -177,7 +177,10 @@ def start_space(images: int) -> str:
 
 
 def count_images(src: Path) -> int:
-    return sum(1 for _, _, files in os.walk(src) for f in files if f.lower().endswith((".jpg", ".jpeg", ".png")))
+    """The images the loader would read from ``src`` (its own listing: the same suffixes and skipped entries)."""
+    from runners.training.sources import list_imagefolder
+
+    return len(list_imagefolder(src).files)
 
 
 def run_command(src: Path, work: Path, name: str, size: int, *extra) -> list:
@@ -212,7 +215,7 @@ def bench_start(src: Path, work: Path, size: int, repeats: int = 3) -> dict:
                                          f"journal:{work}/run-workers{i}.journal"), cache, trial_line, count=2)
                for i in range(repeats)]
     audit = [seconds_until(audit_command(src, work, f"{i}", size), cache, audit_line) for i in range(repeats)]
-    floor_space = work / "space-floor.yaml"  # as many training and validation rows as the photos' 2% and 1%
+    floor_space = work / "space-floor.yaml"  # as many training and validation rows as 50,000 photos' 2% and 1%
     floor_space.write_text(SPACE.replace("dataset: imagefolder", "dataset: digits_pairs")
                            .replace("TRAIN", "0.24").replace("VAL", "0.15"))
     floor = []

@@ -17,9 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from provenance import head_commit, machine, now
+from provenance import ROOT, head_commit, machine, now
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from search_space.schema import SpecError  # noqa: E402
