@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_efficiency import hypervolume_2d  # noqa: E402
+from provenance import head_commit, now  # noqa: E402
 
 from runners.search.mo_pruning import should_stop
 
@@ -83,10 +84,14 @@ def main(argv=None) -> int:
     p.add_argument("--budget-epochs", type=int, nargs="+", default=[96], help="epochs per search (default 96)")
     p.add_argument("--reps", type=int, default=2000, help="random search orders per setting (default 2000)")
     p.add_argument("--max-params", type=float, default=1e6, help="params are divided by this (default 1e6)")
+    p.add_argument("--json", help="write the raw record (every row's figures, the audit, the commit) here")
     args = p.parse_args(argv)
     models = load_curves(args.audit)
     epochs = len(models[0]["curves"][0])
     print(f"{len(models)} architectures from {args.audit}, {epochs}-epoch curves, {args.reps} orders per row")
+    record = {"benchmark": "benchmarks/mo_pruning_replay.py", "argv": sys.argv[1:], "commit": head_commit()[:7],
+              "date": now(), "audit": str(args.audit), "architectures": len(models), "epochs": epochs,
+              "reps": args.reps, "max_params": args.max_params, "rows": []}
     for budget in args.budget_epochs:
         print(f"\nbudget {budget} epochs: hypervolume (mean), pruned against unpruned in the same order")
         print(f"{'rungs':<12}{'eta':<5}{'unpruned':<10}{'pruned':<9}{'trials':<8}{'pruned higher':<15}equal")
@@ -104,6 +109,13 @@ def main(argv=None) -> int:
             print(f"{','.join(map(str, rungs)):<12}{eta:<5}{statistics.mean(a[0] for a, _ in rows):<10.4f}"
                   f"{statistics.mean(b[0] for _, b in rows):<9.4f}{statistics.mean(b[2] for _, b in rows):<8.1f}"
                   f"{higher:<15.0%}{equal:.0%}")
+            record["rows"].append({"budget_epochs": budget, "rungs": list(rungs), "eta": eta,
+                                   "unpruned": statistics.mean(a[0] for a, _ in rows),
+                                   "pruned": statistics.mean(b[0] for _, b in rows),
+                                   "trials": statistics.mean(b[2] for _, b in rows),
+                                   "pruned_higher": higher, "equal": equal})
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

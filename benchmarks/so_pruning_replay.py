@@ -28,6 +28,7 @@ the pool flatters random search; the share of such searches is printed).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import statistics
@@ -39,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 from mo_pruning_replay import load_curves  # noqa: E402
+from provenance import head_commit, now  # noqa: E402
 
 from runners.audit.stats import seeds_needed
 
@@ -152,6 +154,7 @@ def main(argv=None) -> int:
     p.add_argument("audit", type=Path, help="a `search fidelity` run directory")
     p.add_argument("--budget-epochs", type=int, nargs="+", default=[60, 120], help="epochs per search")
     p.add_argument("--reps", type=int, default=4000, help="paired searches per row (default 4000)")
+    p.add_argument("--json", help="write the raw record (every row's figures, the audit, the commit) here")
     args = p.parse_args(argv)
     models = load_curves(args.audit)
     epochs = len(models[0]["curves"][0])
@@ -159,6 +162,9 @@ def main(argv=None) -> int:
     print(f"{len(models)} architectures from {args.audit}, {epochs}-epoch curves, {seeds} per architecture "
           f"({'the pick is judged on another seed' if seeds > 1 else 'one seed: the pick is judged on its own curve'}"
           f"), {args.reps} paired searches per row")
+    record = {"benchmark": "benchmarks/so_pruning_replay.py", "argv": sys.argv[1:], "commit": head_commit()[:7],
+              "date": now(), "audit": str(args.audit), "architectures": len(models), "epochs": epochs,
+              "seeds": seeds, "reps": args.reps, "eta": ETA, "rows": []}
     for budget in args.budget_epochs:
         print(f"\nbudget {budget} epochs: judged accuracy of the pick, successive halving (eta {ETA}) against random "
               f"search ({math.ceil(budget / epochs)} trials)")
@@ -170,8 +176,12 @@ def main(argv=None) -> int:
                 continue
             r = compare(models, budget, rungs, ETA, args.reps)
             print(row(",".join(map(str, rungs)), f"{r['trials']:.1f}", r["pruned"], r, f"{r['exhausted']:.0%}"))
+            record["rows"].append({"budget_epochs": budget, "rungs": list(rungs), **r})
         h = headroom(models, budget, args.reps)
         print(row("oracle", "all", h["oracle"], h, "-"))
+        record["rows"].append({"budget_epochs": budget, "rungs": "oracle", **h})
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return 0
 
 

@@ -18,11 +18,14 @@ output: docs/benchmarks/scripts.md.
 
     python benchmarks/timm_equivalence.py                       # every zoo spec with a timm twin
     python benchmarks/timm_equivalence.py --models skresnet18 resnest50d_4s2x40d --size 160
+    python benchmarks/timm_equivalence.py --json docs/results/timm-equivalence-DATE.json   # and the raw record
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +38,9 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
 from search_space import build_model, load_spec  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from provenance import head_commit, machine, now  # noqa: E402
 
 def zoo_names() -> list[str]:
     return sorted(p.stem for p in ZOO.glob("*.yaml"))
@@ -97,6 +103,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed for the random BN statistics and input")
     p.add_argument("--threads", type=int, default=1,
                    help="torch.set_num_threads (default 1: fastest on a small shared machine); 0 keeps torch's default")
+    p.add_argument("--json", help="write the raw record (every model's figures, versions, machine, commit) here")
     return p.parse_args(argv)
 
 
@@ -117,6 +124,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     twins = set(timm.list_models())
+    record = {"benchmark": "benchmarks/timm_equivalence.py", "argv": sys.argv[1:], "commit": head_commit()[:7],
+              "date": now(), "machine": machine(), "timm": timm.__version__, "size": args.size, "batch": args.batch,
+              "seed": args.seed, "tolerance": 0.0, "models": []}
     print(f"torch {torch.__version__}, timm {timm.__version__}, input {args.batch}x3x{args.size}x{args.size}, "
           f"seed {args.seed}, eval mode, BN statistics and biases randomised")
     print(f"{'model':<22}{'params':>13}  {'max |logit|':>11}  {'max abs diff':>12}  result")
@@ -125,12 +135,14 @@ def main(argv=None) -> int:
     for name in names:
         if name not in twins:
             print(f"{name:<22}{'-':>13}  {'-':>11}  {'-':>12}  skipped: no timm model of this name")
+            record["models"].append({"model": name, "result": "skipped: no timm model of this name"})
             continue
         try:
             r = compare(name, lambda n: timm.create_model(n, pretrained=False), args.size, args.batch, args.seed)
         except Exception as e:  # noqa: BLE001 - report the model and go on with the others
             failed += 1
             print(f"{name:<22}{'-':>13}  {'-':>11}  {'-':>12}  FAILED: {type(e).__name__}: {e}")
+            record["models"].append({"model": name, "result": f"FAILED: {type(e).__name__}: {e}"})
             continue
         ok = r["diff"] == 0 and r["params"] == r["params_ref"]
         failed += not ok
@@ -138,7 +150,13 @@ def main(argv=None) -> int:
         if r["params"] != r["params_ref"]:
             result += f" (params: timm {r['params_ref']:,})"
         print(f"{name:<22}{r['params']:>13,}  {r['scale']:>11.3g}  {r['diff']:>12.3g}  {result}")
+        record["models"].append({"model": name, "params": r["params"], "params_timm": r["params_ref"],
+                                 "max_abs_logit": r["scale"], "max_abs_diff": r["diff"], "result": result})
     print(f"{len(names)} models, {failed} mismatched or failed")
+    record["failed"] = failed
+    record["machine"]["load_average_at_end"] = os.getloadavg()
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return 1 if failed else 0
 
 

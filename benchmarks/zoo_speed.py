@@ -22,12 +22,15 @@ counts differ; 2 for an unknown model name. Setup (a venv with timm) and sample 
     python benchmarks/zoo_speed.py                                  # every zoo spec, batch 8 at 3x128x128
     python benchmarks/zoo_speed.py --threads 0 --clock wall         # all cores, elapsed time (idle machine only)
     python benchmarks/zoo_speed.py --models resnet50 seresnet50 --rounds 15 --channels-last
+    python benchmarks/zoo_speed.py --json docs/results/zoo-speed-DATE.json    # and the raw record
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
 import statistics
 import sys
 import time
@@ -42,6 +45,9 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
 from search_space import build_model, load_spec  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from provenance import head_commit, machine, now  # noqa: E402
 
 TORCHVISION_MODELS = ("resnet18", "resnet50", "resnext50_32x4d")
 INSTALL_HINT = ("no reference implementation: install timm (every zoo model) or torchvision (resnet18, resnet50, "
@@ -127,6 +133,7 @@ def parse_args(argv=None):
                    "competing for the cores disturb much less; wall: elapsed time (on an idle machine, with "
                    "--threads 0, to time multi-threaded runs)")
     p.add_argument("--seed", type=int, default=0, help="torch.manual_seed for weights, input and targets")
+    p.add_argument("--json", help="write the raw record (every model's times, versions, machine, commit) here")
     args = p.parse_args(argv)
     if args.models:
         args.models = [n for m in args.models for n in m.split(",") if n]
@@ -157,6 +164,10 @@ def main(argv=None) -> int:
     if lib is None:
         print(INSTALL_HINT)
 
+    record = {"benchmark": "benchmarks/zoo_speed.py", "argv": sys.argv[1:], "commit": head_commit()[:7],
+              "date": now(), "machine": machine(), "reference": lib, "threads": torch.get_num_threads(),
+              "settings": {k: getattr(args, k) for k in ("batch", "size", "iters", "rounds", "warmup",
+                                                           "channels_last", "clock", "seed")}, "models": []}
     header = f"{'model':<20} {'ours ms':>9} {'ref ms':>9} {'ratio':>6}  {'params ours':>12} {'params ref':>12}  check"
     print(header)
     print("-" * len(header))
@@ -176,12 +187,14 @@ def main(argv=None) -> int:
             ms = bench_pair(steps, args.warmup, args.iters, args.rounds, CLOCKS[args.clock])
         except Exception as e:  # noqa: BLE001 - report and go on with the next model
             print(f"{name:<20} FAILED: {type(e).__name__}: {e}")
+            record["models"].append({"model": name, "result": f"FAILED: {type(e).__name__}: {e}"})
             failed = True
             continue
         p_ours = n_params(ours)
         if ref is None:
             why = "no reference (install timm)" if lib else "no reference"
             print(f"{name:<20} {ms['ours']:9.1f} {'-':>9} {'-':>6}  {p_ours:>12,} {'-':>12}  {why}")
+            record["models"].append({"model": name, "ours_ms": ms["ours"], "params": p_ours, "result": why})
         else:
             p_ref = n_params(ref)
             same = p_ours == p_ref
@@ -190,12 +203,18 @@ def main(argv=None) -> int:
             rows.append(ratio)
             check = "params match" if same else f"PARAMS DIFFER by {p_ours - p_ref:+,}"
             print(f"{name:<20} {ms['ours']:9.1f} {ms['ref']:9.1f} {ratio:6.2f}  {p_ours:>12,} {p_ref:>12,}  {check}")
+            record["models"].append({"model": name, "ours_ms": ms["ours"], "ref_ms": ms["ref"], "ratio": ratio,
+                                     "params": p_ours, "params_ref": p_ref, "result": check})
         sys.stdout.flush()
         del ours, ref, models, steps
         gc.collect()
     if rows:
         geo = statistics.geometric_mean(rows)
         print(f"geometric mean ratio (reference / ours) over {len(rows)} models: {geo:.2f}")
+        record["geometric_mean_ratio"] = geo
+    record["machine"]["load_average_at_end"] = os.getloadavg()
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return 1 if failed else 0
 
 
