@@ -192,7 +192,8 @@ def main(argv=None) -> int:
             continue
         p_ours = n_params(ours)
         if ref is None:
-            why = "no reference (install timm)" if lib else "no reference"
+            why = ("no reference: no timm model of this name" if lib and lib.startswith("timm")
+                   else "no reference (install timm)" if lib else "no reference")
             print(f"{name:<20} {ms['ours']:9.1f} {'-':>9} {'-':>6}  {p_ours:>12,} {'-':>12}  {why}")
             record["models"].append({"model": name, "ours_ms": ms["ours"], "params": p_ours, "result": why})
         else:
