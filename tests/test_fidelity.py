@@ -10,6 +10,7 @@ import pytest
 import runners.training.loop
 from runners.audit.fidelity import Audit, draw_architectures, plan_runs
 from runners.common.progress import Progress
+from search_space.schema import SpecError
 from search_space.spec import load_spec
 
 from conftest import ROOT
@@ -236,3 +237,25 @@ def test_results_go_to_stdout_top_k_is_capped_below_n_and_every_axis_is_labelled
     assert labels and all(x and y for x, y in labels), labels
     assert any("proxy val accuracy (1 epochs)" in x for x, _ in labels)
     assert cli("fidelity", space, "--n", 3, "--top-k", 0, "--out", tmp_path / "other").code == 2
+
+
+def test_a_directory_holding_another_audit_is_refused_not_mixed_in(tmp_path, cli):
+    """Runs are read back by file name alone, so resuming into another space's, dataset's or recipe's audit would
+    score its runs as this audit's; more seeds or architectures than before resume the same audit."""
+    quiet = Progress(tty=False, stream=io.StringIO())
+    Audit(tiny_spec(), tmp_path, n=3, factor=2, seeds=1, progress=quiet)._prepare(write=True)
+    Audit(tiny_spec(), tmp_path, n=4, factor=2, seeds=2, progress=quiet)._prepare(write=True)  # grows: fine
+    before = {p: p.read_text() for p in tmp_path.rglob("*") if p.is_file()}
+
+    other_data = dataclasses.replace(tiny_spec(), train=dataclasses.replace(tiny_spec().train, synthetic_samples=120,
+                                                                            image_size=12))
+    with pytest.raises(SpecError, match=r"models/0/arch\.yaml is not the architecture this audit draws"):
+        Audit(other_data, tmp_path, n=4, factor=2, seeds=2, progress=quiet)._prepare(write=True)
+    for flags, said in [(["--epochs", "2", "--factor", "2"], "proxy_epochs 1, not 2"),
+                        (["--epochs", "1", "--factor", "3"], "factor 2, not 3")]:
+        r = cli("fidelity", ROOT / "spaces" / "resnest.yaml", *flags, "--out", tmp_path)
+        assert r.code == 2 and r.err.count("\n") == 1, r.err
+        assert "--out" in r.err and said in r.err and str(tmp_path) in r.err
+    r = cli("fidelity", ROOT / "spaces" / "resnet.yaml", "--epochs", "1", "--factor", "2", "--out", tmp_path)
+    assert r.code == 2 and "space 'resnest', not 'resnet'" in r.err
+    assert {p: p.read_text() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written or lost

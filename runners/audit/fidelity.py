@@ -189,6 +189,7 @@ class Audit:
                                          seed=self.spec.search.seed)
         self.chance = 1.0 / probe.num_classes
         if write:
+            self._refuse_another_audit()
             for i, arch in enumerate(self.models):
                 path = self.out / "models" / str(i) / "arch.yaml"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -287,6 +288,35 @@ class Audit:
     def load(self, r: Run) -> Optional[dict]:
         path = self._path(r)
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+    def _refuse_another_audit(self) -> None:
+        """Resuming reads every run file in the directory as this audit's, by name alone; so a directory that holds
+        an audit of another space, dataset or recipe (whose files have the same names) is refused, not mixed in.
+        More seeds or architectures than before are fine: the sample is drawn in the same order."""
+        settings = self.out / "audit.json"
+        if settings.exists():
+            try:
+                old = json.loads(settings.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                old = {}
+            new = {"space": self.spec.name, "factor": self.factor, "proxy_epochs": self.spec.train.epochs,
+                   "sample_seed": self.spec.search.seed}
+            for key, value in new.items():
+                if key in old and old[key] != value:
+                    raise SpecError("--out", f"{self.out} holds an audit with {key} {old[key]!r}, not {value!r}: its "
+                                             f"runs would be read as this audit's; pass another --out")
+        for i, arch in enumerate(self.models):
+            path = self.out / "models" / str(i) / "arch.yaml"
+            if not path.exists():
+                continue
+            try:
+                same = load_spec(path) == arch
+            except (OSError, SpecError):
+                same = False
+            if not same:
+                raise SpecError("--out", f"{path} is not the architecture this audit draws as model {i} (another "
+                                         f"space, dataset or recipe): its runs would be read as this audit's; pass "
+                                         f"another --out")
 
     def _write_settings(self) -> None:
         settings = {"space": self.spec.name, "n": self.n, "factor": self.factor, "seeds": self.seeds,
