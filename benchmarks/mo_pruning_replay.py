@@ -35,7 +35,17 @@ CONFIGS = (((2,), 2), ((2,), 3), ((2,), 4), ((3,), 3), ((2, 6), 2), ((2, 6), 3),
 
 def load_curves(audit: Path) -> list[dict]:
     """Per architecture: params (from fidelity.json) and every long run's per-epoch validation accuracy."""
-    report = json.loads((audit / "fidelity.json").read_text(encoding="utf-8"))
+    path = audit / "fidelity.json"
+    if not path.is_file():
+        print(f"error: {audit}: no fidelity.json there; give a `search fidelity` run directory (the audits kept "
+              f"in the repository are docs/results/audit-*/)", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        report["models"], report["long_epochs"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"error: {path}: not a fidelity report ({type(e).__name__}: {e})", file=sys.stderr)
+        raise SystemExit(2)
     models = []
     for m in report["models"]:
         runs = [json.loads(p.read_text(encoding="utf-8"))
@@ -46,7 +56,9 @@ def load_curves(audit: Path) -> list[dict]:
         if curves and m.get("params"):
             models.append({"params": m["params"], "curves": curves})
     if not models:
-        raise SystemExit(f"{audit}: no complete long runs with params; run `search fidelity` into it first")
+        print(f"error: {audit}: no complete long runs with params; run `search fidelity` into it first",
+              file=sys.stderr)
+        raise SystemExit(2)
     return models
 
 

@@ -92,3 +92,28 @@ def test_headroom_is_the_pools_best_against_random_search():
     # one architecture (three copies): nothing to gain over random search
     same = [{"curves": [[0.5, 0.8], [0.5, 0.8]]}] * 3
     assert replay_module.headroom(same, budget=6, reps=50)["seeds_needed"] is None
+
+
+def test_a_directory_that_is_no_audit_exits_2_with_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        replay_module.main([str(tmp_path / "nope")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no fidelity.json" in err and "nope" in err
+    (tmp_path / "fidelity.json").write_text("{")
+    with pytest.raises(SystemExit) as e:
+        replay_module.main([str(tmp_path)])
+    assert e.value.code == 2 and "not a fidelity report" in capsys.readouterr().err
+
+
+def test_the_audit_kept_in_the_repository_replays(capsys, tmp_path):
+    """The documented command runs as written on the curves kept under docs/results/ and writes its record."""
+    import json
+
+    out = tmp_path / "replay.json"
+    assert replay_module.main([str(ROOT / "docs" / "results" / "audit-resnet-2026-12-08"), "--budget-epochs", "60",
+                               "--reps", "200", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["architectures"] == 24 and record["epochs"] == 12 and record["seeds"] == 2
+    assert [r["rungs"] for r in record["rows"]] == [[2, 6], [3, 9], [4], "oracle"]
+    assert "oracle all" in capsys.readouterr().out
