@@ -9,6 +9,10 @@ each trial's training is short and the rest of its wall time is the engine's: sa
 measured after the engine is up (Ray's start-up is reported separately, as is the whole search's wall time).
 
     python benchmarks/engine_overhead.py --trials 20 --json docs/results/engine-overhead-DATE.json
+    python benchmarks/engine_overhead.py --trials 20 --no-reuse-actors    # what the engine's reuse_actors saves
+
+``--no-reuse-actors`` turns Ray Tune's actor reuse off for this run only (each trial in a new worker process,
+which imports torch and builds its data again), to measure what the engine's ``reuse_actors=True`` saves.
 """
 
 from __future__ import annotations
@@ -61,9 +65,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--json", help="write the raw record (every time, the machine, the commit) here")
+    ap.add_argument("--no-reuse-actors", action="store_true",
+                    help="Ray Tune without actor reuse (a new worker process per trial), to measure what reuse saves")
     args = ap.parse_args()
+    if args.no_reuse_actors:
+        from ray import tune
+
+        config = tune.TuneConfig
+        tune.TuneConfig = lambda **kw: config(**{**kw, "reuse_actors": False})  # this process's searches only
     record = {"benchmark": "benchmarks/engine_overhead.py", "argv": sys.argv[1:], "commit": head_commit(),
-              "date": now(), "machine": machine(), "trials": args.trials, "threads": 1}
+              "date": now(), "machine": machine(), "trials": args.trials, "threads": 1,
+              "ray_reuse_actors": not args.no_reuse_actors}
     torch.set_num_threads(1)
     import yaml
 
@@ -88,7 +100,8 @@ def main() -> int:
         wall = time.perf_counter() - t0
         rows["ray"] = (wall, trained_seconds(out), startup)
 
-    print(f"{args.trials} one-epoch trials, one at a time, 1 torch thread")
+    print(f"{args.trials} one-epoch trials, one at a time, 1 torch thread"
+          f"{'; Ray without actor reuse' if args.no_reuse_actors else ''}")
     print(f"{'engine':<8} {'wall s':>8} {'trained s':>10} {'overhead s/trial':>17} {'start-up s':>11}")
     per = {}
     for name, (wall, trained, startup) in rows.items():
