@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from provenance import ROOT, head_commit, machine, now
+from provenance import ROOT, new_record, write_record
 
 AUDIT = ["--n", "6", "--factor", "2", "--seeds", "1", "--epochs", "2"]
 
@@ -48,8 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="write the raw record here")
     args = p.parse_args(argv)
-    record = {"benchmark": "benchmarks/audit_workers.py", "argv": sys.argv[1:], "commit": head_commit()[:7],
-              "date": now(), "machine": machine(), "audit": ["search", "fidelity", args.space, *AUDIT]}
+    record = new_record(__file__, argv, audit=["search", "fidelity", args.space, *AUDIT])
     walls = {"workers": [], "threads": []}
     proxies = []
     with tempfile.TemporaryDirectory(prefix="audit-workers-") as tmp:
@@ -64,12 +63,11 @@ def main(argv=None) -> int:
     record.update({"seconds": walls, "median_seconds": med, "threads_over_workers": round(med["threads"]
                                                                                            / med["workers"], 3),
                    "same_figures": agree})
-    record["machine"]["load_average_at_end"] = os.getloadavg()
     print(f"{args.workers} processes of 1 thread: {med['workers']:.1f} s; 1 process of {args.workers} threads: "
           f"{med['threads']:.1f} s (median of {args.repeats}); the processes are "
           f"{record['threads_over_workers']:.2f}x as fast; same figures: {agree}")
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+        write_record(args.json, record)
     return 0
 
 

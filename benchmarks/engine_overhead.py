@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 
-from provenance import head_commit, machine, now
+from provenance import new_record, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -73,9 +72,7 @@ def main() -> int:
 
         config = tune.TuneConfig
         tune.TuneConfig = lambda **kw: config(**{**kw, "reuse_actors": False})  # this process's searches only
-    record = {"benchmark": "benchmarks/engine_overhead.py", "argv": sys.argv[1:], "commit": head_commit(),
-              "date": now(), "machine": machine(), "trials": args.trials, "threads": 1,
-              "ray_reuse_actors": not args.no_reuse_actors}
+    record = new_record(__file__, trials=args.trials, threads=1, ray_reuse_actors=not args.no_reuse_actors)
     torch.set_num_threads(1)
     import yaml
 
@@ -115,9 +112,7 @@ def main() -> int:
                                     "startup_seconds": round(startup, 3)}
                              for name, (wall, trained, startup) in rows.items()}
         record["ray_over_optuna"] = round(ratio, 3)
-        record["machine"]["load_average_at_end"] = os.getloadavg()
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+        write_record(args.json, record)
     return 0
 
 

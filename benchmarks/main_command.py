@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from provenance import ROOT, head_commit, machine, now
+from provenance import ROOT, new_record, write_record
 
 
 def settle(limit_s: float = 300.0) -> float:
@@ -70,8 +70,7 @@ def main() -> int:
                                                          "below 0.5 (at most 5 minutes)")
     p.add_argument("extra", nargs="*", help="arguments for search run (after --)")
     args = p.parse_args()
-    record = {"benchmark": "benchmarks/main_command.py", "argv": sys.argv[1:], "commit": head_commit(),
-              "date": now(), "machine": machine(), "command": f"search run {args.space} " + " ".join(args.extra)}
+    record = new_record(__file__, command=f"search run {args.space} " + " ".join(args.extra))
     with tempfile.TemporaryDirectory(prefix="main-command-") as tmp:
         record["runs"] = []
         for i in range(args.runs):
@@ -83,11 +82,9 @@ def main() -> int:
                   flush=True)
     walls = [r["wall_seconds"] for r in record["runs"]]
     record["wall_seconds_median"] = statistics.median(walls)
-    record["machine"]["load_average_at_end"] = os.getloadavg()
     print(f"{record['command'].strip()}: median {record['wall_seconds_median']:.0f} s over {len(walls)} run(s)")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+        write_record(args.json, record)
     return 0
 
 

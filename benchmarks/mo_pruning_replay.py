@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from search_efficiency import hypervolume_2d  # noqa: E402
-from provenance import head_commit, now  # noqa: E402
+from provenance import new_record, write_record  # noqa: E402
 
 from runners.search.mo_pruning import should_stop
 
@@ -101,9 +101,8 @@ def main(argv=None) -> int:
     models = load_curves(args.audit)
     epochs = len(models[0]["curves"][0])
     print(f"{len(models)} architectures from {args.audit}, {epochs}-epoch curves, {args.reps} orders per row")
-    record = {"benchmark": "benchmarks/mo_pruning_replay.py", "argv": sys.argv[1:], "commit": head_commit()[:7],
-              "date": now(), "audit": str(args.audit), "architectures": len(models), "epochs": epochs,
-              "reps": args.reps, "max_params": args.max_params, "rows": []}
+    record = new_record(__file__, argv, with_machine=False, audit=str(args.audit), architectures=len(models),
+                        epochs=epochs, reps=args.reps, max_params=args.max_params, rows=[])
     for budget in args.budget_epochs:
         print(f"\nbudget {budget} epochs: hypervolume (mean), pruned against unpruned in the same order")
         print(f"{'rungs':<12}{'eta':<5}{'unpruned':<10}{'pruned':<9}{'trials':<8}{'pruned higher':<15}equal")
@@ -127,7 +126,7 @@ def main(argv=None) -> int:
                                    "trials": statistics.mean(b[2] for _, b in rows),
                                    "pruned_higher": higher, "equal": equal})
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        write_record(args.json, record)
     return 0
 
 

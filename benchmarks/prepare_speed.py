@@ -29,8 +29,6 @@ default; pick with ``--only``):
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import shutil
 import statistics
@@ -40,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from provenance import head_commit, machine
+from provenance import new_record, write_record
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -403,9 +401,7 @@ def main(argv=None) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="prepare-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     only = set(args.only or ("prepare", "draft", "start", "load", "memory", "train"))
-    record = {"benchmark": "benchmarks/prepare_speed.py", "argv": sys.argv[1:], "commit": head_commit()[:7],
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine(), "source": str(src), "size": args.size}
+    record = new_record(__file__, argv, source=str(src), size=args.size)
     try:
         if "prepare" in only:
             record["prepare"] = bench_prepare(src, work, args.size, args.jobs)
@@ -424,10 +420,8 @@ def main(argv=None) -> int:
         if "train" in only:
             record["train"] = bench_train(prepared, args.train_rows, args.repeats)
     finally:
-        record["machine"]["load_average_at_end"] = os.getloadavg()
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+            write_record(args.json, record)
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     return 0

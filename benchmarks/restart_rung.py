@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
-from provenance import head_commit, now  # noqa: E402
+from provenance import new_record, write_record  # noqa: E402
 
 from runners.audit.stats import agreement, bootstrap_interval, spearman  # noqa: E402
 
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
             return 2
     plain, restarted = runs_of(args.plain, "long"), runs_of(args.restarted, "long")
     proxies = runs_of(args.restarted, "proxy")
-    models = sorted(i for i in plain if i in restarted and i in proxies and len(plain[i]) >= 1)
+    models = sorted(i for i in plain if i in restarted and i in proxies)
     if len(models) < 3:
         print(f"error: {len(models)} architectures have runs in both audits; at least 3 are needed", file=sys.stderr)
         return 2
@@ -67,9 +67,8 @@ def main(argv=None) -> int:
     restart_run = [min(restarted[i], key=lambda r: r["seed"]) for i in models]
     rows = {f"plain schedule after epoch {args.at}": [r["history"][k] for r in plain_first],
             f"restarted schedule after epoch {args.at}": [r["history"][k] for r in restart_run]}
-    record = {"benchmark": "benchmarks/restart_rung.py", "argv": sys.argv[1:], "commit": head_commit()[:7],
-              "date": now(), "plain": str(args.plain), "restarted": str(args.restarted), "at": args.at,
-              "n": len(models), "rungs": {}}
+    record = new_record(__file__, argv, with_machine=False, plain=str(args.plain), restarted=str(args.restarted),
+                        at=args.at, n=len(models), rungs={})
     print(f"{len(models)} architectures; the truth: the plain {len(plain_first[0]['history'])}-epoch runs' mean "
           f"final accuracy over {min(len(plain[i]) for i in models)} seed(s)")
     print(f"{'what a pruner reads, against the truth':<40} {'Spearman [95% CI]':<22} {'Kendall':<8} top-5")
@@ -95,7 +94,7 @@ def main(argv=None) -> int:
           f"{statistics.mean(final_plain):.3f} for the plain run of the same seed (difference "
           f"{statistics.mean(diffs):+.3f}, paired sd {statistics.stdev(diffs):.3f})")
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        write_record(args.json, record)
     return 0
 
 

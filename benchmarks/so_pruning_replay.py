@@ -28,7 +28,6 @@ the pool flatters random search; the share of such searches is printed).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import statistics
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 from mo_pruning_replay import load_curves  # noqa: E402
-from provenance import head_commit, now  # noqa: E402
+from provenance import new_record, write_record  # noqa: E402
 
 from runners.audit.stats import seeds_needed
 
@@ -162,9 +161,8 @@ def main(argv=None) -> int:
     print(f"{len(models)} architectures from {args.audit}, {epochs}-epoch curves, {seeds} per architecture "
           f"({'the pick is judged on another seed' if seeds > 1 else 'one seed: the pick is judged on its own curve'}"
           f"), {args.reps} paired searches per row")
-    record = {"benchmark": "benchmarks/so_pruning_replay.py", "argv": sys.argv[1:], "commit": head_commit()[:7],
-              "date": now(), "audit": str(args.audit), "architectures": len(models), "epochs": epochs,
-              "seeds": seeds, "reps": args.reps, "eta": ETA, "rows": []}
+    record = new_record(__file__, argv, with_machine=False, audit=str(args.audit), architectures=len(models),
+                        epochs=epochs, seeds=seeds, reps=args.reps, eta=ETA, rows=[])
     for budget in args.budget_epochs:
         print(f"\nbudget {budget} epochs: judged accuracy of the pick, successive halving (eta {ETA}) against random "
               f"search ({math.ceil(budget / epochs)} trials)")
@@ -181,7 +179,7 @@ def main(argv=None) -> int:
         print(row("oracle", "all", h["oracle"], h, "-"))
         record["rows"].append({"budget_epochs": budget, "rungs": "oracle", **h})
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        write_record(args.json, record)
     return 0
 
 

@@ -10,14 +10,11 @@ project root: ``python benchmarks/spec_limits.py`` (``--json FILE`` also writes 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-from provenance import ROOT, head_commit, machine, now
+from provenance import ROOT, new_record, write_record
 
 sys.path.insert(0, str(ROOT))
 
@@ -49,8 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", help="write the raw record here")
     args = p.parse_args(argv)
-    record = {"benchmark": "benchmarks/spec_limits.py", "argv": sys.argv[1:], "commit": head_commit()[:7],
-              "date": now(), "machine": machine(), "cases": []}
+    record = new_record(__file__, argv, cases=[])
     print(f"{'case':<44} {'CPU s/load':>10}  outcome")
     for name, text in cases().items():
         times, outcome = [], ""
@@ -65,9 +61,8 @@ def main(argv=None) -> int:
         print(f"{name:<44} {statistics.median(times):>10.3f}  {outcome}")
         record["cases"].append({"case": name, "cpu_seconds": [round(t, 4) for t in times],
                                 "median_cpu_seconds": round(statistics.median(times), 4), "outcome": outcome})
-    record["machine"]["load_average_at_end"] = os.getloadavg()
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+        write_record(args.json, record)
     return 0
 
 

@@ -24,8 +24,6 @@ output: docs/benchmarks/scripts.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -40,7 +38,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
 from search_space import build_model, load_spec  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from provenance import head_commit, machine, now  # noqa: E402
+from provenance import new_record, write_record  # noqa: E402
 
 def zoo_names() -> list[str]:
     return sorted(p.stem for p in ZOO.glob("*.yaml"))
@@ -124,9 +122,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     twins = set(timm.list_models())
-    record = {"benchmark": "benchmarks/timm_equivalence.py", "argv": sys.argv[1:], "commit": head_commit()[:7],
-              "date": now(), "machine": machine(), "timm": timm.__version__, "size": args.size, "batch": args.batch,
-              "seed": args.seed, "tolerance": 0.0, "models": []}
+    record = new_record(__file__, argv, timm=timm.__version__, size=args.size, batch=args.batch, seed=args.seed,
+                        tolerance=0.0, models=[])
     print(f"torch {torch.__version__}, timm {timm.__version__}, input {args.batch}x3x{args.size}x{args.size}, "
           f"seed {args.seed}, eval mode, BN statistics and biases randomised")
     print(f"{'model':<22}{'params':>13}  {'max |logit|':>11}  {'max abs diff':>12}  result")
@@ -154,9 +151,8 @@ def main(argv=None) -> int:
                                  "max_abs_logit": r["scale"], "max_abs_diff": r["diff"], "result": result})
     print(f"{len(names)} models, {failed} mismatched or failed")
     record["failed"] = failed
-    record["machine"]["load_average_at_end"] = os.getloadavg()
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        write_record(args.json, record)
     return 1 if failed else 0
 
 

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import statistics
 import sys
 import time
@@ -47,7 +45,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
 from search_space import build_model, load_spec  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from provenance import head_commit, machine, now  # noqa: E402
+from provenance import new_record, write_record  # noqa: E402
 
 TORCHVISION_MODELS = ("resnet18", "resnet50", "resnext50_32x4d")
 INSTALL_HINT = ("no reference implementation: install timm (every zoo model) or torchvision (resnet18, resnet50, "
@@ -164,10 +162,9 @@ def main(argv=None) -> int:
     if lib is None:
         print(INSTALL_HINT)
 
-    record = {"benchmark": "benchmarks/zoo_speed.py", "argv": sys.argv[1:], "commit": head_commit()[:7],
-              "date": now(), "machine": machine(), "reference": lib, "threads": torch.get_num_threads(),
-              "settings": {k: getattr(args, k) for k in ("batch", "size", "iters", "rounds", "warmup",
-                                                           "channels_last", "clock", "seed")}, "models": []}
+    record = new_record(__file__, argv, reference=lib, threads=torch.get_num_threads(), models=[],
+                        settings={k: getattr(args, k) for k in ("batch", "size", "iters", "rounds", "warmup",
+                                                                "channels_last", "clock", "seed")})
     header = f"{'model':<20} {'ours ms':>9} {'ref ms':>9} {'ratio':>6}  {'params ours':>12} {'params ref':>12}  check"
     print(header)
     print("-" * len(header))
@@ -213,9 +210,8 @@ def main(argv=None) -> int:
         geo = statistics.geometric_mean(rows)
         print(f"geometric mean ratio (reference / ours) over {len(rows)} models: {geo:.2f}")
         record["geometric_mean_ratio"] = geo
-    record["machine"]["load_average_at_end"] = os.getloadavg()
     if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        write_record(args.json, record)
     return 1 if failed else 0
 
 

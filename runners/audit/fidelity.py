@@ -191,7 +191,7 @@ class Audit:
         if write:
             self._refuse_another_audit()
             for i, arch in enumerate(self.models):
-                path = self.out / "models" / str(i) / "arch.yaml"
+                path = self._arch_path(i)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(dump_spec(arch), encoding="utf-8")
             self._write_settings()
@@ -282,6 +282,9 @@ class Audit:
                 lost += 1
         return busy, lost
 
+    def _arch_path(self, model: int) -> Path:
+        return self.out / "models" / str(model) / "arch.yaml"
+
     def _path(self, r: Run) -> Path:
         return self.out / "models" / str(r.model) / f"{r.name}.json"
 
@@ -299,14 +302,14 @@ class Audit:
                 old = json.loads(settings.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 old = {}
-            new = {"space": self.spec.name, "factor": self.factor, "proxy_epochs": self.spec.train.epochs,
-                   "sample_seed": self.spec.search.seed}
-            for key, value in new.items():
+            new = self._settings()
+            for key in ("space", "factor", "proxy_epochs", "sample_seed"):  # n and seeds may grow
+                value = new[key]
                 if key in old and old[key] != value:
                     raise SpecError("--out", f"{self.out} holds an audit with {key} {old[key]!r}, not {value!r}: its "
                                              f"runs would be read as this audit's; pass another --out")
         for i, arch in enumerate(self.models):
-            path = self.out / "models" / str(i) / "arch.yaml"
+            path = self._arch_path(i)
             if not path.exists():
                 continue
             try:
@@ -318,12 +321,15 @@ class Audit:
                                          f"space, dataset or recipe): its runs would be read as this audit's; pass "
                                          f"another --out")
 
+    def _settings(self) -> dict:
+        """What audit.json records: the settings that name this audit's runs."""
+        return {"space": self.spec.name, "n": self.n, "factor": self.factor, "seeds": self.seeds,
+                "proxy_epochs": self.spec.train.epochs, "sample_seed": self.spec.search.seed}
+
     def _write_settings(self) -> None:
-        settings = {"space": self.spec.name, "n": self.n, "factor": self.factor, "seeds": self.seeds,
-                    "proxy_epochs": self.spec.train.epochs, "sample_seed": self.spec.search.seed}
         from runners.search.trial import write_json
 
-        write_json(self.out / "audit.json", settings)
+        write_json(self.out / "audit.json", self._settings())
 
     # ------------------------------------------------------------------------------------------------------------
 
