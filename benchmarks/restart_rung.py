@@ -85,14 +85,15 @@ def main(argv=None) -> int:
     final_plain = [r["val_accuracy"] for r in plain_first]
     lo, hi = bootstrap_interval(final_restart, truth)
     diffs = [a - b for a, b in zip(final_restart, final_plain)]
-    record["long_runs"] = {"spearman_vs_truth": spearman(final_restart, truth), "spearman_ci": [lo, hi],
-                           "mean_restarted": statistics.mean(final_restart), "mean_plain_same_seed":
-                           statistics.mean(final_plain), "mean_plain_truth": statistics.mean(truth),
-                           "mean_difference": statistics.mean(diffs), "paired_sd": statistics.stdev(diffs)}
-    print(f"restarted long runs against the truth: Spearman {record['long_runs']['spearman_vs_truth']:.2f} "
-          f"[{lo:.2f}, {hi:.2f}]; mean final accuracy {statistics.mean(final_restart):.3f} against "
-          f"{statistics.mean(final_plain):.3f} for the plain run of the same seed (difference "
-          f"{statistics.mean(diffs):+.3f}, paired sd {statistics.stdev(diffs):.3f})")
+    long = record["long_runs"] = {
+        "spearman_vs_truth": spearman(final_restart, truth), "spearman_ci": [lo, hi],
+        "mean_restarted": statistics.mean(final_restart), "mean_plain_same_seed": statistics.mean(final_plain),
+        "mean_plain_truth": statistics.mean(truth), "mean_difference": statistics.mean(diffs),
+        "paired_sd": statistics.stdev(diffs)}
+    print(f"restarted long runs against the truth: Spearman {long['spearman_vs_truth']:.2f} [{lo:.2f}, {hi:.2f}]; "
+          f"mean final accuracy {long['mean_restarted']:.3f} against {long['mean_plain_same_seed']:.3f} for the "
+          f"plain run of the same seed (difference {long['mean_difference']:+.3f}, paired sd "
+          f"{long['paired_sd']:.3f})")
     if args.json:
         write_record(args.json, record)
     return 0
